@@ -1,0 +1,54 @@
+"""flows: continuous-time models of gradient descent, compared step for step with GD.
+
+Losses are pure JAX functions of a parameter pytree (`Problem`); optimizers are
+update rules (`flows.optimizers`); flows are vector fields in step time
+(`flows.vector_fields`), integrated by diffrax next to the discrete runs
+(`simulate`).
+"""
+
+from . import linalg, optimizers, problems, vector_fields
+from .linalg import (
+    LOBPCG,
+    DenseEigh,
+    Eigenpairs,
+    EigenSolver,
+    Lanczos,
+    hessian,
+    hessian_quadratic_form_grad,
+    hvp,
+    sharpness,
+    top_eigenpairs,
+)
+from .methods import FLOWS, OPTIMIZERS, available_methods, make_method
+from .problem import Problem
+from .simulate import run_discrete, run_flow, simulate, track_eigenpairs
+from .trajectory import Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Problem",
+    "Trajectory",
+    "simulate",
+    "run_discrete",
+    "run_flow",
+    "track_eigenpairs",
+    "available_methods",
+    "make_method",
+    "OPTIMIZERS",
+    "FLOWS",
+    "hvp",
+    "hessian",
+    "hessian_quadratic_form_grad",
+    "top_eigenpairs",
+    "sharpness",
+    "Eigenpairs",
+    "EigenSolver",
+    "DenseEigh",
+    "Lanczos",
+    "LOBPCG",
+    "linalg",
+    "optimizers",
+    "problems",
+    "vector_fields",
+]

@@ -1,0 +1,31 @@
+"""Linear algebra: one HVP primitive, one top-k eigensolver interface."""
+
+from .eigen import (
+    LOBPCG,
+    DenseEigh,
+    Eigenpairs,
+    EigenSolver,
+    Lanczos,
+    align_signs,
+    default_solver,
+    sharpness,
+    top_eigenpairs,
+)
+from .hvp import gradient, hessian, hessian_quadratic_form_grad, hvp, loss_and_gradient
+
+__all__ = [
+    "hvp",
+    "hessian",
+    "gradient",
+    "loss_and_gradient",
+    "hessian_quadratic_form_grad",
+    "Eigenpairs",
+    "EigenSolver",
+    "DenseEigh",
+    "Lanczos",
+    "LOBPCG",
+    "default_solver",
+    "top_eigenpairs",
+    "sharpness",
+    "align_signs",
+]

@@ -1,0 +1,60 @@
+"""Hessian-vector products: the one primitive every flow and diagnostic uses.
+
+`hvp` is forward-over-reverse, ``jvp(grad L)``: one gradient's cost times a small
+constant, never forming H. The third-derivative term of the central flow,
+``∇_w (uᵀ H(w) v)``, is the gradient of that directional HVP. Complex parameters
+(the principal flow) are handled by holomorphic differentiation and the bilinear
+(not sesquilinear) product, since the Hessian is then complex *symmetric*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Scalar
+
+__all__ = ["gradient", "hvp", "hessian", "hessian_quadratic_form_grad", "loss_and_gradient"]
+
+Loss = Callable[[Array], Scalar]
+
+
+def gradient(f: Loss) -> Callable[[Array], Array]:
+    """``∇f`` as a function; holomorphic when called at complex parameters."""
+
+    def grad_f(w):
+        return jax.grad(f, holomorphic=jnp.iscomplexobj(w))(w)
+
+    return grad_f
+
+
+def loss_and_gradient(f: Loss, w: Array) -> tuple[Scalar, Array]:
+    return jax.value_and_grad(f, holomorphic=jnp.iscomplexobj(w))(w)
+
+
+def hvp(f: Loss, w: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
+    """``H(w) v`` by forward-over-reverse differentiation."""
+    return jax.jvp(gradient(f), (w,), (v.astype(w.dtype),))[1]
+
+
+def hessian(f: Loss, w: Float[Array, " n"]) -> Float[Array, "n n"]:
+    """The dense Hessian, built column by column from `hvp` (small models only)."""
+    eye = jnp.eye(w.shape[0], dtype=w.dtype)
+    columns = jax.vmap(lambda v: hvp(f, w, v))(eye)
+    return 0.5 * (columns + columns.T)
+
+
+def hessian_quadratic_form_grad(
+    f: Loss, w: Float[Array, " n"], u: Float[Array, " n"], v: Float[Array, " n"]
+) -> Float[Array, " n"]:
+    """``∇_w (uᵀ H(w) v)``: the third derivative of ``f`` contracted with u and v.
+
+    For ``u = v`` the top eigenvector, this is ``∇S``, the gradient of the
+    sharpness (Cohen, Damian et al. 2025).
+    """
+
+    def quadratic_form(x):
+        return jnp.dot(u, hvp(f, x, v))
+
+    return jax.grad(quadratic_form, holomorphic=jnp.iscomplexobj(w))(w)

@@ -1,0 +1,121 @@
+"""Method names → update rules and vector fields, shared by `simulate`, `sweep` and the CLI.
+
+A *discrete* method is an update rule run step by step; a *flow* is a vector
+field built from a problem and an update rule (``optimizer=``, GD by default),
+so every flow works for every rule where the mathematics allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from .optimizers import DAL, GD, NormalizedGD, RMSProp, ScalarRMSProp, SqrtGD
+from .optimizers.base import UpdateRule
+from .problem import Problem
+from .vector_fields import GradientFlow, ModifiedFlow
+from .vector_fields.base import VectorField
+
+__all__ = [
+    "OPTIMIZERS",
+    "FLOWS",
+    "available_methods",
+    "is_flow",
+    "make_rule",
+    "make_method",
+    "method_options",
+]
+
+#: Discrete optimizers by name (each name is also a method of `simulate`).
+OPTIMIZERS: dict[str, type[UpdateRule]] = {
+    "gd": GD,
+    "normalized_gd": NormalizedGD,
+    "sqrt_gd": SqrtGD,
+    "rmsprop": RMSProp,
+    "scalar_rmsprop": ScalarRMSProp,
+    "dal": DAL,
+}
+
+#: Flows by name: vector-field classes built as ``cls(problem=..., rule=..., **options)``.
+FLOWS: dict[str, type[VectorField]] = {
+    "gradient_flow": GradientFlow,
+    "modified_flow": ModifiedFlow,
+}
+
+
+def available_methods() -> list[str]:
+    """Every method name `simulate` accepts: the optimizers, then the flows."""
+    return sorted(OPTIMIZERS) + sorted(FLOWS)
+
+
+def is_flow(method: str) -> bool:
+    _check_method(method)
+    return method in FLOWS
+
+
+def _check_method(method: str) -> None:
+    if method not in OPTIMIZERS and method not in FLOWS:
+        choices = ", ".join(available_methods())
+        raise ValueError(f"unknown method {method!r}; choose one of {choices}")
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def method_options(method: str, optimizer: str = "gd") -> set[str]:
+    """The keyword options a method accepts (rule hyperparameters and flow options)."""
+    _check_method(method)
+    if method in OPTIMIZERS:
+        return _field_names(OPTIMIZERS[method]) - {"lr"}
+    _check_optimizer(optimizer)
+    rule_names = _field_names(OPTIMIZERS[optimizer]) - {"lr"}
+    return rule_names | (_field_names(FLOWS[method]) - {"problem", "rule"})
+
+
+def _check_optimizer(optimizer: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; choose one of {', '.join(sorted(OPTIMIZERS))}"
+        )
+
+
+def make_rule(optimizer: str, lr: Any, problem: Problem, options: Mapping[str, Any]) -> UpdateRule:
+    """The update rule ``optimizer`` with learning rate ``lr`` and its options."""
+    _check_optimizer(optimizer)
+    cls = OPTIMIZERS[optimizer]
+    kwargs = {k: v for k, v in options.items() if k in _field_names(cls)}
+    if "loss_min" in _field_names(cls) and "loss_min" not in kwargs:
+        kwargs["loss_min"] = problem.loss_min
+    return cls(lr=jnp.asarray(lr, dtype=problem.w0.dtype), **kwargs)
+
+
+def make_method(
+    problem: Problem,
+    method: str,
+    lr: Any,
+    *,
+    optimizer: str = "gd",
+    options: Mapping[str, Any] | None = None,
+) -> UpdateRule | VectorField:
+    """Build the update rule (discrete method) or the vector field (flow).
+
+    Raises ValueError naming any option the method does not accept.
+    """
+    options = dict(options or {})
+    accepted = method_options(method, optimizer)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"method {method!r} does not take option(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
+        )
+    if method in OPTIMIZERS:
+        return make_rule(method, lr, problem, options)
+    rule = make_rule(optimizer, lr, problem, options)
+    cls = FLOWS[method]
+    flow_kwargs = {k: v for k, v in options.items() if k in _field_names(cls)}
+    return cls(problem=problem, rule=rule, **flow_kwargs)

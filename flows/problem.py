@@ -1,0 +1,97 @@
+"""A problem: a pure loss of a parameter pytree and the initial parameters.
+
+Everything downstream (linear algebra, update rules, vector fields) works on the
+flat parameter vector ``w``; `Problem` provides that view without casting dtypes,
+so the same loss can be evaluated at complex parameters (the principal flow).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree, Scalar
+
+__all__ = ["Problem", "ravel"]
+
+
+def ravel(params: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
+    """Flatten a pytree of arrays into one vector, with its inverse.
+
+    Unlike `jax.flatten_util.ravel_pytree`, the inverse keeps the dtype of the
+    vector it is given, so a complex vector unravels into complex leaves.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    shapes = tuple(leaf.shape for leaf in leaves)
+    sizes = tuple(math.prod(shape) for shape in shapes)
+    if leaves:
+        flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+    else:
+        flat = jnp.zeros((0,))
+    splits = tuple(itertools.accumulate(sizes))[:-1]
+
+    def unravel(vector: Array) -> PyTree:
+        chunks = jnp.split(vector, splits) if splits else [vector]
+        return jax.tree_util.tree_unflatten(
+            treedef, [chunk.reshape(shape) for chunk, shape in zip(chunks, shapes)]
+        )
+
+    return flat, unravel
+
+
+class Problem(eqx.Module):
+    """A loss function of a parameter pytree, with initial parameters.
+
+    Attributes:
+        loss: pure function ``params -> scalar``. For the principal flow at large
+            learning rates it must be holomorphic (tanh, swish, polynomials, MSE),
+            so that it can be evaluated at complex parameters.
+        params0: the initial parameters (any pytree of arrays).
+        loss_min: the minimum value of the loss, used by GD on √L (default 0).
+        predict: optional ``params -> outputs`` (network predictions on the data).
+        name: a label for results and plots.
+
+    The flat view used by the rest of the library is `w0`, `unravel` and
+    `flat_loss`. Losses that close over large data sets are best given as
+    `jax.tree_util.Partial(fn, data...)`, so the data are pytree leaves (traced
+    arguments) rather than constants baked into every compiled function.
+    """
+
+    loss: Callable[[PyTree], Scalar]
+    params0: PyTree
+    loss_min: float = 0.0
+    predict: Callable[[PyTree], Any] | None = None
+    name: str = eqx.field(static=True, default="problem")
+
+    @property
+    def w0(self) -> Float[Array, " n"]:
+        """The initial parameters as one flat vector."""
+        return ravel(self.params0)[0]
+
+    @property
+    def num_params(self) -> int:
+        return int(self.w0.shape[0])
+
+    def unravel(self, w: Float[Array, " n"]) -> PyTree:
+        """The parameter pytree for a flat vector (dtype kept, complex allowed)."""
+        return ravel(self.params0)[1](w)
+
+    def flat_loss(self, w: Float[Array, " n"]) -> Scalar:
+        """The loss as a function of the flat parameter vector."""
+        return self.loss(self.unravel(w))
+
+    def flat_predict(self, w: Float[Array, " n"]) -> Any:
+        if self.predict is None:
+            raise ValueError(f"problem {self.name!r} has no predict function")
+        return self.predict(self.unravel(w))
+
+    def astype(self, dtype) -> Problem:
+        """The same problem with floating parameters cast to ``dtype``."""
+        params0 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self.params0)
+        return eqx.tree_at(lambda p: p.params0, self, params0)

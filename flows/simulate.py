@@ -1,0 +1,350 @@
+"""`simulate`: run a discrete optimizer (``lax.scan``) or a flow (diffrax) on a problem.
+
+Both are sampled at the same integer steps (step time, τ = k is step k), so a flow
+and the optimizer it models are compared point by point. The cores
+`run_discrete` and `run_flow` are pure and jit/vmap-safe (the learning rate is an
+array inside the rule, so new values never recompile); `simulate` adds input
+checks, timing (compile separated from run), eigenvalue tracking and the
+`Trajectory` wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .linalg.eigen import EigenSolver, top_eigenpairs
+from .linalg.hvp import loss_and_gradient
+from .methods import is_flow, make_method
+from .optimizers.base import UpdateRule
+from .problem import Problem
+from .progress import progress_bar, progress_callback
+from .trajectory import STATUS_DIVERGED, STATUS_FAILED, STATUS_OK, Trajectory
+from .vector_fields.base import VectorField
+
+__all__ = [
+    "simulate",
+    "run_discrete",
+    "run_flow",
+    "track_eigenpairs",
+    "divergence_threshold",
+    "first_divergence",
+    "default_tolerances",
+]
+
+
+def divergence_threshold(loss0: Array, factor: float = 1e6) -> Array:
+    """A loss of magnitude above ``factor · (1 + |L(w₀)|)`` (or a non-finite one) counts as
+    diverged; the magnitude, since a loss unbounded below runs off to −∞."""
+    return factor * (1.0 + jnp.abs(jnp.real(loss0)))
+
+
+def first_divergence(steps: Array, loss: Array, threshold: Array) -> Array:
+    """The first saved step whose loss is non-finite or beyond ±``threshold`` (−1 if none)."""
+    bad = ~(jnp.abs(jnp.real(loss)) <= threshold)  # NaN compares False, so it counts as bad
+    return jnp.where(jnp.any(bad), steps[jnp.argmax(bad)], -1)
+
+
+def _mask_after(stopped_at: Array, steps: Array, series: Array) -> Array:
+    """NaN out the saved values after a divergence, so nothing downstream reads them."""
+    after = (stopped_at >= 0) & (steps > stopped_at)
+    shape = (-1,) + (1,) * (series.ndim - 1)
+    return jnp.where(after.reshape(shape), jnp.nan, series)
+
+
+def run_discrete(
+    problem: Problem,
+    rule: UpdateRule,
+    steps: int,
+    save_every: int = 1,
+    *,
+    divergence_factor: float = 1e6,
+    progress: bool = False,
+) -> dict[str, Array]:
+    """Run ``w_{k+1} = w_k − P⁻¹_k g_k`` for ``steps`` steps with ``lax.scan``.
+
+    Saves ``w_k`` and ``L(w_k)`` at ``k = 0, save_every, …, steps``. A step whose
+    loss is non-finite or above the divergence threshold freezes the run there;
+    the values saved after it are NaN and ``stopped_at`` is that step.
+    """
+    f = problem.flat_loss
+    w0 = problem.w0
+    loss0 = f(w0)
+    threshold = divergence_threshold(loss0, divergence_factor)
+
+    def one_step(carry, _):
+        step, w, state, stopped_at = carry
+        loss, g = loss_and_gradient(f, w)
+        bad = ~(jnp.abs(loss) <= threshold) | ~jnp.all(jnp.isfinite(w))
+        stopped_at = jnp.where((stopped_at < 0) & bad, step, stopped_at)
+        p_inv, new_state = rule.update(step, state, f, w, g)
+        running = stopped_at < 0
+        w = jnp.where(running, w - p_inv * g, w)
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new_state, state)
+        return (step + 1, w, state, stopped_at), loss
+
+    def save_block(carry, _):
+        w = carry[1]
+        if progress:
+            progress_callback(carry[0], steps)
+        carry, losses = jax.lax.scan(one_step, carry, None, length=save_every)
+        return carry, (w, losses[0])
+
+    num_blocks = steps // save_every
+    carry = (jnp.asarray(0), w0, rule.init(f, w0), jnp.asarray(-1))
+    carry, (ws, losses) = jax.lax.scan(save_block, carry, None, length=num_blocks)
+    _, w_last, _, stopped_at = carry
+    loss_last = f(w_last)
+    stopped_at = jnp.where(
+        (stopped_at < 0) & ~(jnp.abs(loss_last) <= threshold), steps, stopped_at
+    )
+    saved_steps = jnp.arange(num_blocks + 1) * save_every
+    ws = jnp.concatenate([ws, w_last[None]])
+    losses = jnp.concatenate([losses, loss_last[None]])
+    if progress:
+        progress_callback(jnp.asarray(steps), steps)
+    return {
+        "steps": saved_steps,
+        "params": _mask_after(stopped_at, saved_steps, ws),
+        "loss": _mask_after(stopped_at, saved_steps, losses),
+        "status_code": jnp.where(stopped_at >= 0, STATUS_DIVERGED, STATUS_OK),
+        "stopped_at": stopped_at,
+    }
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    """(rtol, atol) for the adaptive integrator: tight, but above the dtype's noise."""
+    if jnp.finfo(dtype).bits >= 64:
+        return 1e-8, 1e-10
+    return 1e-5, 1e-7
+
+
+def run_flow(
+    field: VectorField,
+    steps: int,
+    save_every: int = 1,
+    *,
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    dt0: float | None = None,
+    max_steps: int | None = None,
+    divergence_factor: float = 1e6,
+    progress: bool = False,
+) -> dict[str, Array]:
+    """Integrate a flow in step time from τ = 0 to ``steps``, saving at multiples of ``save_every``.
+
+    Adaptive (Tsit5 with a PID controller) by default; with a fixed-step solver
+    pass ``dt0`` and ``rtol=atol=None`` is ignored (constant steps). A terminating
+    event stops the solve where the loss crosses the divergence threshold; the
+    saved values after it are NaN and ``stopped_at`` is the first saved step past
+    it. If the integrator gives up (``max_steps`` spent), ``status_code`` is 2.
+    """
+    problem = field.problem
+    f = problem.flat_loss
+    y0 = field.initial_state()
+    threshold = divergence_threshold(f(problem.w0), divergence_factor)
+    saved_steps = jnp.arange(steps // save_every + 1) * save_every
+    ts = saved_steps.astype(jnp.real(problem.w0).dtype)
+
+    if solver is None:
+        solver = diffrax.Tsit5()
+    if isinstance(solver, diffrax.AbstractAdaptiveSolver) and dt0 is None:
+        default_rtol, default_atol = default_tolerances(problem.w0.dtype)
+        controller = diffrax.PIDController(
+            rtol=default_rtol if rtol is None else rtol,
+            atol=default_atol if atol is None else atol,
+        )
+    else:
+        controller = diffrax.ConstantStepSize()
+        dt0 = 1.0 if dt0 is None else dt0
+
+    def diverging(t, y, args, **kwargs):
+        return ~(jnp.abs(jnp.real(f(field.parameters(y)))) <= threshold)
+
+    if max_steps is None:
+        max_steps = int(1000 + 200 * steps / (1.0 if dt0 is None else dt0))
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        t0=0.0,
+        t1=ts[-1],
+        dt0=dt0,
+        y0=y0,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=False,
+        event=diffrax.Event(diverging),
+        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+    )
+    ws = jax.vmap(field.parameters)(solution.ys)
+    losses = jax.vmap(f)(ws)
+    event = solution.result == diffrax.RESULTS.event_occurred
+    solved = (solution.result == diffrax.RESULTS.successful) | event
+    stopped_at = first_divergence(saved_steps, losses, threshold)
+    status_code = jnp.where(
+        ~solved, STATUS_FAILED, jnp.where(stopped_at >= 0, STATUS_DIVERGED, STATUS_OK)
+    )
+    if_failed = first_divergence(saved_steps, losses, jnp.inf)
+    stopped_at = jnp.where(solved, stopped_at, if_failed)
+    extras = jax.vmap(field.diagnostics)(ts, solution.ys)
+    return {
+        "steps": saved_steps,
+        "params": _mask_after(stopped_at, saved_steps, ws),
+        "loss": _mask_after(stopped_at, saved_steps, losses),
+        "status_code": status_code,
+        "stopped_at": stopped_at,
+        "extras": {k: _mask_after(stopped_at, saved_steps, v) for k, v in extras.items()},
+    }
+
+
+def track_eigenpairs(
+    problem: Problem,
+    params: Array,
+    k: int,
+    *,
+    solver: EigenSolver | None = None,
+    preconditioner: Array | None = None,
+) -> tuple[Array, Array]:
+    """Top-k Hessian eigenpairs at each row of ``params`` (T, n), warm-started and
+    sign-aligned from one row to the next. Returns values (T, k) and vectors (T, n, k)."""
+    f = problem.flat_loss
+    first = top_eigenpairs(f, params[0], k, solver=solver)
+
+    def step(previous, w):
+        pairs = top_eigenpairs(f, w, k, solver=solver, init=previous)
+        finite = jnp.all(jnp.isfinite(pairs.vectors))
+        return jnp.where(finite, pairs.vectors, previous), (pairs.values, pairs.vectors)
+
+    _, (values, vectors) = jax.lax.scan(step, first.vectors, params[1:])
+    values = jnp.concatenate([first.values[None], values])
+    vectors = jnp.concatenate([first.vectors[None], vectors])
+    return values, vectors
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_lr(lr: Any) -> float:
+    """A learning rate must be a finite positive number."""
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr must be a positive number, got {lr!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    return value
+
+
+def _timed(fn, *args):
+    """Compile ``fn`` ahead of time, then run it: (output, compile seconds, run seconds)."""
+    start = time.perf_counter()
+    compiled = eqx.filter_jit(fn).lower(*args).compile()
+    compiled_at = time.perf_counter()
+    output = jax.block_until_ready(compiled(*args))
+    return output, compiled_at - start, time.perf_counter() - compiled_at
+
+
+def simulate(
+    problem: Problem,
+    method: str,
+    *,
+    lr: float,
+    steps: int,
+    optimizer: str = "gd",
+    save_every: int = 1,
+    num_eigenvalues: int = 0,
+    eigensolver: EigenSolver | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    dt0: float | None = None,
+    max_steps: int | None = None,
+    divergence_factor: float = 1e6,
+    progress: bool = False,
+    **options: Any,
+) -> Trajectory:
+    """Run ``method`` on ``problem`` for ``steps`` steps (or units of step time).
+
+    Args:
+        problem: the loss and initial parameters.
+        method: a discrete optimizer (``"gd"``, ``"normalized_gd"``, ``"sqrt_gd"``,
+            ``"rmsprop"``, ``"scalar_rmsprop"``, ``"dal"``) or a flow
+            (``"gradient_flow"``, ``"modified_flow"``, …); see
+            `flows.available_methods`.
+        lr: the learning rate η (for DAL, the step-size cap).
+        steps: number of steps; flows are integrated over τ ∈ [0, steps].
+        optimizer: for flows, the update rule they model (default GD).
+        save_every: save every this many steps (must divide ``steps``).
+        num_eigenvalues: if > 0, track this many top Hessian eigenvalues at the
+            saved steps (``Trajectory.eigenvalues``, ``.sharpness``).
+        eigensolver: the eigensolver for tracking (dense below 1500 parameters,
+            Lanczos above, by default).
+        solver, rtol, atol, dt0, max_steps: the diffrax integrator for flows
+            (adaptive Tsit5 by default; a fixed-step solver with ``dt0``).
+        divergence_factor: a loss above ``factor · (1 + |L(w₀)|)`` is divergence.
+        progress: show a progress bar.
+        **options: hyperparameters of the optimizer (``beta2``, ``eps``, ``p``, …)
+            and options of the flow; an unknown name raises ValueError.
+
+    Returns:
+        A `Trajectory` sampled at steps ``0, save_every, …, steps``.
+    """
+    lr = check_lr(lr)
+    steps = _check_positive_int("steps", steps)
+    save_every = _check_positive_int("save_every", save_every)
+    if steps % save_every:
+        raise ValueError(f"save_every={save_every} must divide steps={steps}")
+    if num_eigenvalues != 0:
+        num_eigenvalues = _check_positive_int("num_eigenvalues", num_eigenvalues)
+    built = make_method(problem, method, lr, optimizer=optimizer, options=options)
+
+    if is_flow(method):
+
+        def core(field):
+            return run_flow(
+                field, steps, save_every, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+                max_steps=max_steps, divergence_factor=divergence_factor, progress=progress,
+            )
+
+    else:
+
+        def core(rule):
+            return run_discrete(
+                problem, rule, steps, save_every,
+                divergence_factor=divergence_factor, progress=progress,
+            )
+
+    with progress_bar(steps, method, enabled=progress and not is_flow(method)):
+        output, compile_time, wall_time = _timed(core, built)
+    extras = dict(output.get("extras", {}))
+    eigenvalues = extras.pop("eigenvalues", None)
+    if num_eigenvalues and eigenvalues is None:
+        values, _ = eqx.filter_jit(track_eigenpairs)(
+            problem, output["params"], num_eigenvalues, solver=eigensolver
+        )
+        eigenvalues = values
+    return Trajectory(
+        method=method,
+        lr=jnp.asarray(lr),
+        steps=output["steps"],
+        params=output["params"],
+        loss=output["loss"],
+        eigenvalues=eigenvalues,
+        status_code=output["status_code"],
+        stopped_at=output["stopped_at"],
+        extras=extras,
+        wall_time=wall_time,
+        compile_time=compile_time,
+    )

@@ -1,0 +1,59 @@
+"""The vector-field interface shared by every flow.
+
+A flow is an equinox module called as ``(t, y, args) -> dy/dτ`` in *step time*
+τ (τ = k is step k of the discrete optimizer, for every learning rate; DESIGN,
+"Time convention"), so it plugs straight into ``diffrax.ODETerm``. Besides the
+derivative it says how to start (`initial_state`), how to read the real
+parameters off its state (`parameters`), and which diagnostics to report at the
+saved steps (`diagnostics`).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree, Scalar
+
+from ..linalg.hvp import gradient
+from ..optimizers.base import UpdateRule
+from ..problem import Problem
+
+__all__ = ["VectorField", "initial_optimizer_state"]
+
+
+def initial_optimizer_state(rule: UpdateRule, problem: Problem):
+    """The optimizer state the flow starts from: the discrete state after step 0.
+
+    The discrete step k uses s_k, which already includes g_k (e.g. RMSProp's
+    ν_k); the flow's s(τ) models s_k, so s(0) = s_0 = update(s_{−1}, g_0).
+    """
+    f, w0 = problem.flat_loss, problem.w0
+    return rule.update(jnp.asarray(0), rule.init(f, w0), f, w0, gradient(f)(w0))[1]
+
+
+class VectorField(eqx.Module):
+    """Interface: ``field(t, y, args) -> dy/dτ``.
+
+    Subclasses hold the `Problem` and the `UpdateRule` they are built on.
+    """
+
+    problem: eqx.AbstractVar[Problem]
+    rule: eqx.AbstractVar[UpdateRule]
+
+    @abc.abstractmethod
+    def __call__(self, t: Scalar, y: PyTree, args) -> PyTree:
+        raise NotImplementedError
+
+    def initial_state(self) -> PyTree:
+        """y(0): by default ``(w_0, s_0)``."""
+        return self.problem.w0, initial_optimizer_state(self.rule, self.problem)
+
+    def parameters(self, y: PyTree) -> Float[Array, " n"]:
+        """The (real) parameter vector held in the state y."""
+        return jnp.real(y[0])
+
+    def diagnostics(self, t: Scalar, y: PyTree) -> dict[str, Array]:
+        """Extra quantities reported at the saved steps (none by default)."""
+        return {}

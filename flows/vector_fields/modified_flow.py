@@ -1,0 +1,31 @@
+"""The first-order modified flow (implicit gradient regularization)."""
+
+from __future__ import annotations
+
+from ..linalg.hvp import gradient, hvp
+from ..optimizers.base import UpdateRule
+from ..problem import Problem
+from .base import VectorField
+
+__all__ = ["ModifiedFlow"]
+
+
+class ModifiedFlow(VectorField):
+    """The modified (IGR) flow of Barrett & Dherin (ICLR 2021), in step time τ:
+
+        dw/dτ = −η (g + (η/2) H g) = −η ∇(L + (η/4)‖g‖²).
+
+    For a preconditioned rule with ``p = P⁻¹`` it is ``−(p g + ½ p H (p g))``, the
+    same backward-error correction. It tracks GD to O(η²) below the edge of stability.
+    """
+
+    problem: Problem
+    rule: UpdateRule
+
+    def __call__(self, t, y, args):
+        w, state = y
+        f = self.problem.flat_loss
+        g = gradient(f)(w)
+        p_inv, dstate = self.rule.derivative(t, state, f, w, g)
+        step = p_inv * g
+        return -(step + 0.5 * p_inv * hvp(f, w, step)), dstate
