@@ -6,7 +6,8 @@ update rules (`flows.optimizers`); flows are vector fields in step time
 (`simulate`).
 """
 
-from . import linalg, optimizers, problems, vector_fields
+from . import eigen_tracking, eos, linalg, optimizers, problems, vector_fields
+from .checkpoint import MethodSpec, run_methods
 from .linalg import (
     LOBPCG,
     DenseEigh,
@@ -22,7 +23,9 @@ from .linalg import (
 from .methods import FLOWS, OPTIMIZERS, available_methods, make_method
 from .problem import Problem
 from .simulate import run_discrete, run_flow, simulate, track_eigenpairs
+from .sweep import sweep
 from .trajectory import Trajectory
+from .vector_fields import CentralFlow, PrincipalFlow
 
 __version__ = "0.1.0"
 
@@ -30,6 +33,9 @@ __all__ = [
     "Problem",
     "Trajectory",
     "simulate",
+    "sweep",
+    "run_methods",
+    "MethodSpec",
     "run_discrete",
     "run_flow",
     "track_eigenpairs",
@@ -37,6 +43,8 @@ __all__ = [
     "make_method",
     "OPTIMIZERS",
     "FLOWS",
+    "PrincipalFlow",
+    "CentralFlow",
     "hvp",
     "hessian",
     "hessian_quadratic_form_grad",
@@ -51,4 +59,6 @@ __all__ = [
     "optimizers",
     "problems",
     "vector_fields",
+    "eigen_tracking",
+    "eos",
 ]

@@ -18,6 +18,9 @@ from .optimizers.base import UpdateRule
 from .problem import Problem
 from .vector_fields import GradientFlow, ModifiedFlow
 from .vector_fields.base import VectorField
+from .vector_fields.central_flow import CentralFlow
+from .vector_fields.principal_flow import PrincipalFlow
+from .vector_fields.sharpness_reduction_flow import NormalizedGDFlow, SqrtGDFlow
 
 __all__ = [
     "OPTIMIZERS",
@@ -43,6 +46,10 @@ OPTIMIZERS: dict[str, type[UpdateRule]] = {
 FLOWS: dict[str, type[VectorField]] = {
     "gradient_flow": GradientFlow,
     "modified_flow": ModifiedFlow,
+    "principal_flow": PrincipalFlow,
+    "normalized_gd_flow": NormalizedGDFlow,
+    "sqrt_gd_flow": SqrtGDFlow,
+    "central_flow": CentralFlow,
 }
 
 

@@ -11,6 +11,7 @@ checks, timing (compile separated from run), eigenvalue tracking and the
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .eigen_tracking import tracked_eigenvalues, tracking_interval
 from .linalg.eigen import EigenSolver, top_eigenpairs
 from .linalg.hvp import loss_and_gradient
 from .methods import is_flow, make_method
@@ -67,12 +69,21 @@ def run_discrete(
     *,
     divergence_factor: float = 1e6,
     progress: bool = False,
+    start: tuple | None = None,
 ) -> dict[str, Array]:
     """Run ``w_{k+1} = w_k − P⁻¹_k g_k`` for ``steps`` steps with ``lax.scan``.
 
-    Saves ``w_k`` and ``L(w_k)`` at ``k = 0, save_every, …, steps``. A step whose
-    loss is non-finite or above the divergence threshold freezes the run there;
-    the values saved after it are NaN and ``stopped_at`` is that step.
+    Saves ``w_k`` and ``L(w_k)`` at ``k = 0, save_every, …, steps``, and in ``extras``
+    the rule's `state_diagnostics` of the state s_k that step k uses (e.g. RMSProp's
+    ν_k, which already includes g_k). A step whose loss is non-finite or above the
+    divergence threshold freezes the run there; the values saved after it are NaN and
+    ``stopped_at`` is that step.
+
+    ``start`` continues a run from a carry ``(k₀, w, state[, stopped_at])``, e.g. the
+    ``"carry"`` of a previous call: the steps are then ``k₀ … k₀ + steps`` (``k₀``
+    an array, so chunks of one length share one compiled function). The output's
+    ``"carry"`` is the final ``(step, w, state, stopped_at)``; the divergence
+    threshold always comes from the problem's ``w₀``.
     """
     f = problem.flat_loss
     w0 = problem.w0
@@ -88,24 +99,31 @@ def run_discrete(
         running = stopped_at < 0
         w = jnp.where(running, w - p_inv * g, w)
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new_state, state)
-        return (step + 1, w, state, stopped_at), loss
+        return (step + 1, w, state, stopped_at), (loss, rule.state_diagnostics(new_state))
 
     def save_block(carry, _):
         w = carry[1]
         if progress:
             progress_callback(carry[0], steps)
-        carry, losses = jax.lax.scan(one_step, carry, None, length=save_every)
-        return carry, (w, losses[0])
+        carry, (losses, extras) = jax.lax.scan(one_step, carry, None, length=save_every)
+        return carry, (w, losses[0], jax.tree_util.tree_map(lambda a: a[0], extras))
 
     num_blocks = steps // save_every
-    carry = (jnp.asarray(0), w0, rule.init(f, w0), jnp.asarray(-1))
-    carry, (ws, losses) = jax.lax.scan(save_block, carry, None, length=num_blocks)
-    _, w_last, _, stopped_at = carry
+    if start is None:
+        carry = (jnp.asarray(0), w0, rule.init(f, w0), jnp.asarray(-1))
+    else:
+        carry = (*start, jnp.asarray(-1))[:4]
+    first_step = carry[0]
+    carry, (ws, losses, extras) = jax.lax.scan(save_block, carry, None, length=num_blocks)
+    step_last, w_last, state_last, stopped_at = carry
     loss_last = f(w_last)
+    # The state the next step would use (unused, hence compiled away, for stateless rules).
+    state_next = rule.update(step_last, state_last, f, w_last, loss_and_gradient(f, w_last)[1])[1]
+    extras_last = rule.state_diagnostics(state_next)
     stopped_at = jnp.where(
-        (stopped_at < 0) & ~(jnp.abs(loss_last) <= threshold), steps, stopped_at
+        (stopped_at < 0) & ~(jnp.abs(loss_last) <= threshold), first_step + steps, stopped_at
     )
-    saved_steps = jnp.arange(num_blocks + 1) * save_every
+    saved_steps = first_step + jnp.arange(num_blocks + 1) * save_every
     ws = jnp.concatenate([ws, w_last[None]])
     losses = jnp.concatenate([losses, loss_last[None]])
     if progress:
@@ -116,6 +134,11 @@ def run_discrete(
         "loss": _mask_after(stopped_at, saved_steps, losses),
         "status_code": jnp.where(stopped_at >= 0, STATUS_DIVERGED, STATUS_OK),
         "stopped_at": stopped_at,
+        "extras": {
+            k: _mask_after(stopped_at, saved_steps, jnp.concatenate([v, extras_last[k][None]]))
+            for k, v in extras.items()
+        },
+        "carry": (step_last, w_last, state_last, stopped_at),
     }
 
 
@@ -138,6 +161,7 @@ def run_flow(
     max_steps: int | None = None,
     divergence_factor: float = 1e6,
     progress: bool = False,
+    start: tuple | None = None,
 ) -> dict[str, Array]:
     """Integrate a flow in step time from τ = 0 to ``steps``, saving at multiples of ``save_every``.
 
@@ -146,16 +170,27 @@ def run_flow(
     event stops the solve where the loss crosses the divergence threshold; the
     saved values after it are NaN and ``stopped_at`` is the first saved step past
     it. If the integrator gives up (``max_steps`` spent), ``status_code`` is 2.
+
+    ``start`` continues from a carry ``(k₀, y[, status_code, stopped_at])``, e.g. the
+    ``"carry"`` of a previous call: the integrator restarts at τ = k₀ (an array, so
+    chunks of one length share one compiled function) from the state ``y`` and covers
+    ``k₀ … k₀ + steps``; a divergence or failure carried in is kept. The output's
+    ``"carry"`` is the final ``(step, y, status_code, stopped_at)``.
     """
     problem = field.problem
     f = problem.flat_loss
-    y0 = field.initial_state()
+    if start is None:
+        first_step, y0 = jnp.asarray(0), field.initial_state()
+    else:
+        first_step, y0 = start[0], start[1]
     threshold = divergence_threshold(f(problem.w0), divergence_factor)
-    saved_steps = jnp.arange(steps // save_every + 1) * save_every
+    saved_steps = first_step + jnp.arange(steps // save_every + 1) * save_every
     ts = saved_steps.astype(jnp.real(problem.w0).dtype)
 
     if solver is None:
-        solver = diffrax.Tsit5()
+        # A flow may come with its own integrator (the central flow's tracks eigenvectors).
+        default_solver = getattr(field, "default_solver", None)
+        solver = diffrax.Tsit5() if default_solver is None else default_solver()
     if isinstance(solver, diffrax.AbstractAdaptiveSolver) and dt0 is None:
         default_rtol, default_atol = default_tolerances(problem.w0.dtype)
         controller = diffrax.PIDController(
@@ -174,7 +209,7 @@ def run_flow(
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
-        t0=0.0,
+        t0=0.0 if start is None else ts[0],
         t1=ts[-1],
         dt0=dt0,
         y0=y0,
@@ -193,9 +228,15 @@ def run_flow(
     status_code = jnp.where(
         ~solved, STATUS_FAILED, jnp.where(stopped_at >= 0, STATUS_DIVERGED, STATUS_OK)
     )
-    if_failed = first_divergence(saved_steps, losses, jnp.inf)
+    # unreached save points come back as inf, which must count: not ``<= inf``
+    if_failed = first_divergence(saved_steps, losses, jnp.finfo(jnp.real(losses).dtype).max)
     stopped_at = jnp.where(solved, stopped_at, if_failed)
+    if start is not None and len(start) == 4:
+        earlier = start[3] >= 0
+        status_code = jnp.where(earlier, start[2], status_code)
+        stopped_at = jnp.where(earlier, start[3], stopped_at)
     extras = jax.vmap(field.diagnostics)(ts, solution.ys)
+    y_last = jax.tree_util.tree_map(lambda a: a[-1], solution.ys)
     return {
         "steps": saved_steps,
         "params": _mask_after(stopped_at, saved_steps, ws),
@@ -203,6 +244,7 @@ def run_flow(
         "status_code": status_code,
         "stopped_at": stopped_at,
         "extras": {k: _mask_after(stopped_at, saved_steps, v) for k, v in extras.items()},
+        "carry": (first_step + steps, y_last, status_code, stopped_at),
     }
 
 
@@ -266,6 +308,9 @@ def simulate(
     save_every: int = 1,
     num_eigenvalues: int = 0,
     eigensolver: EigenSolver | None = None,
+    eigen_every: int | None = None,
+    midpoint: bool = False,
+    effective_sharpness: bool = False,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -273,6 +318,8 @@ def simulate(
     max_steps: int | None = None,
     divergence_factor: float = 1e6,
     progress: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
     **options: Any,
 ) -> Trajectory:
     """Run ``method`` on ``problem`` for ``steps`` steps (or units of step time).
@@ -291,10 +338,22 @@ def simulate(
             saved steps (``Trajectory.eigenvalues``, ``.sharpness``).
         eigensolver: the eigensolver for tracking (dense below 1500 parameters,
             Lanczos above, by default).
+        eigen_every: track every this many steps (a multiple of ``save_every``, the
+            default); the rows in between are NaN (`flows.eigen_tracking`).
+        midpoint: track at ``(w_{k−1} + 2w_k + w_{k+1})/4`` of neighbouring saved rows,
+            where the edge-of-stability oscillation cancels (``save_every`` odd, e.g. 1).
+        effective_sharpness: track the eigenvalues of ``P⁻¹H`` (stability threshold 2)
+            and save the ``P⁻¹`` series as ``extras["p_inv"]``.
         solver, rtol, atol, dt0, max_steps: the diffrax integrator for flows
             (adaptive Tsit5 by default; a fixed-step solver with ``dt0``).
         divergence_factor: a loss above ``factor · (1 + |L(w₀)|)`` is divergence.
         progress: show a progress bar.
+        checkpoint_dir: run in chunks of ``checkpoint_every`` steps (a multiple of
+            ``save_every``; about 20 chunks by default), saving the state and the
+            results so far in this folder after each; called again with the same
+            arguments, it resumes from there and returns what an uninterrupted call
+            would (see `flows.checkpoint`). A flow's integrator restarts at every
+            chunk boundary, so its results depend slightly on ``checkpoint_every``.
         **options: hyperparameters of the optimizer (``beta2``, ``eps``, ``p``, …)
             and options of the flow; an unknown name raises ValueError.
 
@@ -309,6 +368,22 @@ def simulate(
     if num_eigenvalues != 0:
         num_eigenvalues = _check_positive_int("num_eigenvalues", num_eigenvalues)
     built = make_method(problem, method, lr, optimizer=optimizer, options=options)
+    eigen_rows = tracking_interval(save_every, eigen_every, midpoint)
+    custom_tracking = eigen_every is not None or midpoint or effective_sharpness
+    if custom_tracking and checkpoint_dir is not None:
+        raise ValueError("eigen_every, midpoint and effective_sharpness need checkpoint_dir=None")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every needs a checkpoint_dir to save the checkpoints in")
+    if checkpoint_dir is not None:
+        from .checkpoint import simulate_checkpointed  # it builds on this module
+
+        return simulate_checkpointed(
+            problem, method, lr=lr, steps=steps, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every, optimizer=optimizer, save_every=save_every,
+            num_eigenvalues=num_eigenvalues, eigensolver=eigensolver, solver=solver,
+            rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps,
+            divergence_factor=divergence_factor, progress=progress, options=options,
+        )
 
     if is_flow(method):
 
@@ -330,7 +405,15 @@ def simulate(
         output, compile_time, wall_time = _timed(core, built)
     extras = dict(output.get("extras", {}))
     eigenvalues = extras.pop("eigenvalues", None)
-    if num_eigenvalues and eigenvalues is None:
+    if num_eigenvalues and eigenvalues is None and custom_tracking:
+        eigenvalues, p_inv = tracked_eigenvalues(
+            problem, built.rule if is_flow(method) else built, output, num_eigenvalues,
+            every=eigen_rows, midpoint=midpoint, effective=effective_sharpness,
+            solver=eigensolver,
+        )
+        if p_inv is not None:
+            extras["p_inv"] = p_inv
+    elif num_eigenvalues and eigenvalues is None:
         values, _ = eqx.filter_jit(track_eigenpairs)(
             problem, output["params"], num_eigenvalues, solver=eigensolver
         )

@@ -24,7 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, Scalar
+
+from ..linalg.hvp import gradient
 
 __all__ = ["UpdateRule", "Loss", "State"]
 
@@ -67,6 +70,33 @@ class UpdateRule(eqx.Module):
         ``grad_sq`` defaults to ``g ⊙ g``.
         """
 
+    def initial_flow_state(self, f: Loss, w: Float[Array, " n"]) -> State:
+        """The state s(0) a flow starts from, by default the discrete state after step 0.
+
+        Step k uses s_k, which already includes g_k (``update`` returns it), so a flow
+        whose s(τ) models s_τ starts from s_0 = update(s_{−1}, g_0). Rules whose flow
+        state is aligned differently (RMSProp: ν(τ) models ν_{τ−½}) override this.
+        """
+        return self.update(jnp.asarray(0), self.init(f, w), f, w, gradient(f)(w))[1]
+
     def preconditioner(self, t: Scalar, state: State, f: Loss, w: Float[Array, " n"], g: Array):
-        """``P⁻¹`` at continuous time t (scalar or diagonal)."""
+        """``P⁻¹`` at continuous time t (scalar or diagonal), from the flow's state s(t)."""
         return self.derivative(t, state, f, w, g)[0]
+
+    def step_preconditioner(
+        self, step: Int[Array, ""], state: State, f: Loss, w: Float[Array, " n"], g: Array
+    ):
+        """``P_k⁻¹`` of the discrete step k from its state s_k (what `run_discrete` saves).
+
+        The same as `preconditioner` at t = k unless the flow's state is aligned
+        differently: RMSProp's ν(τ) models ν_{τ−½}, so ν_k belongs to τ = k + ½.
+        """
+        return self.preconditioner(step, state, f, w, g)
+
+    def state_diagnostics(self, state: State) -> dict[str, Array]:
+        """The optimizer state as named arrays to report along a run (none by default).
+
+        Discrete runs and stable flows save these at the saved steps, e.g. RMSProp's
+        ``{"nu": ν}``, so the state of a flow can be compared with the optimizer's.
+        """
+        return {}

@@ -4,14 +4,38 @@ Discrete (step k, gradient g_k):
 
     ν_k = β₂ ν_{k−1} + (1 − β₂) g_k ⊙ g_k,    w_{k+1} = w_k − η g_k / (√ν̂_k + ε),
 
-with ν̂_k = ν_k / (1 − β₂^{k+1}) under bias correction. Solving the recursion for
-the increment gives ``ν_k − ν_{k−1} = ((1 − β₂)/β₂)(g_k ⊙ g_k − ν_k)``, so the
-continuous state ν(τ) matching ν_k obeys
+with ν̂_k = ν_k / (1 − β₂^{k+1}) under bias correction. The continuous counterpart, in
+step time (DESIGN, "Time convention"), is
 
-    dν/dτ = ((1 − β₂)/β₂) (E[g ⊙ g] − ν)
+    dw/dτ = −η g / (√ν̂ + ε),    dν/dτ = −log(β₂) (E[g ⊙ g] − ν),    ν̂ = ν / (1 − β₂^{τ+½}),
 
-(Cohen, Damian et al. 2025, Sec. on RMSProp). Scalar RMSProp uses ‖g‖² instead of
-g ⊙ g. The flow starts from ν_0 (after the first gradient), see `initial_flow_state`.
+where the flow's ν(τ) models ν_{τ−½}: step k spans τ ∈ [k, k+1] and uses ν_k, so the
+ν in force at the middle of that interval, ν(k + ½), is the one that models ν_k.
+Scalar RMSProp uses ‖g‖² instead of g ⊙ g. This alignment makes the stable flow's
+step over [k, k+1] use ν_k to first order, as the discrete step does:
+
+- rate −log β₂: with the forcing x = g ⊙ g frozen, the recursion
+  ``ν_k − x = β₂ (ν_{k−1} − x)`` is the exact time-1 map of this ODE; with a drifting
+  forcing the ODE's ν lags x by ``1/(−log β₂) = 1/(1 − β₂) − ½ + O(1 − β₂)`` steps, and
+  the discrete ν_k lags x_k by ``β₂/(1 − β₂)``: ν(τ) matches ν_{τ−½}.
+  The rate ``(1 − β₂)/β₂`` (from ``ν_k − ν_{k−1} = ((1 − β₂)/β₂)(g_k ⊙ g_k − ν_k)``,
+  Cohen, Damian et al. 2025) models ν_τ and ``1 − β₂`` models ν_{τ−1}: both put ν
+  half a step off during each step, an error of the same order as gradient flow's
+  against GD, which adds to it or cancels depending on the run.
+- initial state ν(0) = ν_{−½} = x₀ + β₂^{½} (ν_{−1} − x₀), x₀ = g₀ ⊙ g₀: the exact
+  half step of the recursion from ν_{−1} (`RMSProp.initial_flow_state`). It is x₀ for
+  the default ν_{−1} = x₀, and about ν_0/2 from zeros, where starting from ν_0 would
+  make every early step of the flow too short (ν doubles over the first step).
+- bias correction with the count τ + ½, so that ν̂(k + ½) models ν̂_k.
+
+With ν aligned, what is left between the stable flow and the discrete run is the
+O(η) error of gradient flow against GD, so the first-order modified flow
+(`flows.ModifiedFlow`, ``p g + ½ p H (p g)``) removes it: for RMSProp it tracks the
+run to the next order only with this alignment.
+
+The measured effect (stable flow vs the discrete run, against gradient flow vs GD at
+the same effective sharpness) is in benchmarks/README.md, "RMSProp flows: time
+alignment".
 """
 
 from __future__ import annotations
@@ -33,7 +57,7 @@ class RMSProp(UpdateRule):
         lr: η.
         beta2: the second-moment decay β₂.
         eps: ε added to √ν̂.
-        bias_correction: divide ν by ``1 − β₂^{k+1}``.
+        bias_correction: divide ν_k by ``1 − β₂^{k+1}`` (ν(τ) by ``1 − β₂^{τ+½}``).
         initial_nu: ν_{−1}; ``None`` means ν_{−1} = g_0 ⊙ g_0, so ν_0 = g_0 ⊙ g_0
             (no warm-up transient), else a constant (0 with bias correction is Adam's).
     """
@@ -62,10 +86,22 @@ class RMSProp(UpdateRule):
         return self._p_inv(nu, step + 1), nu
 
     def derivative(self, t, state, f, w, g, grad_sq=None):
+        # ν(τ) models ν_{τ−½}: the rate that samples the recursion exactly, the count of ν_{τ−½}.
         grad_sq = g * g if grad_sq is None else grad_sq
-        rate = (1 - self.beta2) / self.beta2
-        dnu = rate * (self._second_moment(grad_sq) - state)
-        return self._p_inv(state, t + 1), dnu
+        dnu = -jnp.log(self.beta2) * (self._second_moment(grad_sq) - state)
+        return self._p_inv(state, t + 0.5), dnu
+
+    def step_preconditioner(self, step, state, f, w, g):
+        return self._p_inv(state, step + 1)
+
+    def initial_flow_state(self, f, w):
+        """ν(0) = ν_{−½} = x₀ + β₂^{½} (ν_{−1} − x₀) with x₀ = g₀ ⊙ g₀ (‖g₀‖² for scalar)."""
+        forcing = self._second_moment(jnp.real(gradient(f)(w)) ** 2)
+        return forcing + jnp.sqrt(self.beta2) * (self.init(f, w) - forcing)
+
+    def state_diagnostics(self, state):
+        """``{"nu": ν}``: ν_k in a discrete run; ν(k) ≈ ν_{k−½} ≈ ½(ν_{k−1} + ν_k) on a flow."""
+        return {"nu": state}
 
 
 class ScalarRMSProp(RMSProp):

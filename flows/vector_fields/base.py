@@ -16,7 +16,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree, Scalar
 
-from ..linalg.hvp import gradient
 from ..optimizers.base import UpdateRule
 from ..problem import Problem
 
@@ -24,13 +23,13 @@ __all__ = ["VectorField", "initial_optimizer_state"]
 
 
 def initial_optimizer_state(rule: UpdateRule, problem: Problem):
-    """The optimizer state the flow starts from: the discrete state after step 0.
+    """The optimizer state s(0) the flow starts from: `UpdateRule.initial_flow_state`.
 
-    The discrete step k uses s_k, which already includes g_k (e.g. RMSProp's
-    ν_k); the flow's s(τ) models s_k, so s(0) = s_0 = update(s_{−1}, g_0).
+    By default the discrete state after step 0: the discrete step k uses s_k, which
+    already includes g_k (e.g. RMSProp's ν_k), so s(0) = s_0 = update(s_{−1}, g_0);
+    RMSProp's flow state is aligned half a step earlier (ν(0) = ν_{−½}).
     """
-    f, w0 = problem.flat_loss, problem.w0
-    return rule.update(jnp.asarray(0), rule.init(f, w0), f, w0, gradient(f)(w0))[1]
+    return rule.initial_flow_state(problem.flat_loss, problem.w0)
 
 
 class VectorField(eqx.Module):

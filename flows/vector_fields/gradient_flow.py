@@ -28,3 +28,7 @@ class GradientFlow(VectorField):
         g = gradient(f)(w)
         p_inv, dstate = self.rule.derivative(t, state, f, w, g)
         return -p_inv * g, dstate
+
+    def diagnostics(self, t, y):
+        """The optimizer state along the flow (e.g. RMSProp's ``{"nu": ν(τ)}``)."""
+        return self.rule.state_diagnostics(y[1])

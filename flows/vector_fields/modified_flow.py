@@ -29,3 +29,7 @@ class ModifiedFlow(VectorField):
         p_inv, dstate = self.rule.derivative(t, state, f, w, g)
         step = p_inv * g
         return -(step + 0.5 * p_inv * hvp(f, w, step)), dstate
+
+    def diagnostics(self, t, y):
+        """The optimizer state along the flow (e.g. RMSProp's ``{"nu": ν(τ)}``)."""
+        return self.rule.state_diagnostics(y[1])

@@ -1,0 +1,7 @@
+"""``python -m flows``: the same as the ``flows`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

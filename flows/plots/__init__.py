@@ -1,0 +1,1 @@
+"""Plots of runs and sweeps (matplotlib, Agg backend: files only, no windows)."""

@@ -1,0 +1,140 @@
+"""Plots of one run of several methods: loss, sharpness (with the 2/η line), distance to GD.
+
+``runs`` maps each method's label to its saved arrays (as in ``results.npz``:
+``steps``, ``loss``, ``eigenvalues`` (T, k), ``distance``); values after a method
+stopped are NaN and simply not drawn. Figures are drawn with matplotlib's Agg
+canvas directly (no pyplot, no global backend switch) and written atomically, so
+`flows show` can refresh them while a run writes them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..results import atomic_write_bytes
+
+__all__ = ["plot_loss", "plot_sharpness", "plot_distance", "plot_run"]
+
+Runs = Mapping[str, Mapping[str, np.ndarray]]
+
+
+def _figure() -> tuple[Figure, object]:
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _legend(label: str, status: Mapping[str, str] | None) -> str:
+    text = (status or {}).get(label, "ok")
+    return label if text == "ok" else f"{label} ({text})"
+
+
+def _mark_stop(axes, steps: np.ndarray, values: np.ndarray, line) -> None:
+    """An × at the last finite value of a series that ends early (a divergence)."""
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size and finite[-1] < values.size - 1:
+        i = finite[-1]
+        axes.plot(steps[i], values[i], "x", color=line.get_color(), markersize=9, mew=2)
+
+
+def plot_loss(
+    runs: Runs, path: str | os.PathLike, *, status: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Training loss against step, one line per method (log scale when all positive)."""
+    figure, axes = _figure()
+    positive = True
+    for label, arrays in runs.items():
+        steps, loss = np.asarray(arrays["steps"]), np.real(np.asarray(arrays["loss"]))
+        (line,) = axes.plot(steps, loss, label=_legend(label, status), lw=1.2)
+        _mark_stop(axes, steps, loss, line)
+        finite = loss[np.isfinite(loss)]
+        positive &= bool(finite.size == 0 or np.all(finite > 0))
+    if positive:
+        axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title or "training loss")
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_sharpness(
+    runs: Runs, lr: float, path: str | os.PathLike, *, status: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """The top Hessian eigenvalue against step, with the stability threshold 2/η."""
+    figure, axes = _figure()
+    for label, arrays in runs.items():
+        if "eigenvalues" not in arrays:
+            continue
+        steps = np.asarray(arrays["steps"])
+        sharpness = np.real(np.asarray(arrays["eigenvalues"]))[:, 0]
+        (line,) = axes.plot(steps, sharpness, label=_legend(label, status), lw=1.2)
+        _mark_stop(axes, steps, sharpness, line)
+    axes.axhline(2.0 / lr, color="black", ls="--", lw=1, label=f"2/η = {2.0 / lr:.4g}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("sharpness λ₁(H)")
+    axes.set_title(title or f"sharpness (η = {lr:g})")
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_distance(
+    runs: Runs, path: str | os.PathLike, *, references: Mapping[str, str] | None = None,
+    status: Mapping[str, str] | None = None, title: str | None = None,
+) -> Path:
+    """``‖w_method(k) − w_reference(k)‖`` against step (the reference is usually GD)."""
+    figure, axes = _figure()
+    for label, arrays in runs.items():
+        if "distance" not in arrays:
+            continue
+        ref = (references or {}).get(label)
+        name = _legend(label, status) + (f" − {ref}" if ref else "")
+        axes.plot(np.asarray(arrays["steps"]), np.asarray(arrays["distance"]), label=name, lw=1.2)
+    axes.set_xlabel("step")
+    axes.set_ylabel("‖w − w_ref‖")
+    axes.set_title(title or "distance to the reference run")
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_run(
+    runs: Runs,
+    lr: float,
+    directory: str | os.PathLike,
+    *,
+    references: Mapping[str, str] | None = None,
+    status: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """``loss.png``, ``sharpness.png`` (if eigenvalues were tracked) and ``distance.png``
+    (if distances were recorded) in ``directory``; returns the paths written."""
+    directory = Path(directory)
+    prefix = f"{title}: " if title else ""
+    written = [plot_loss(runs, directory / "loss.png", status=status, title=f"{prefix}loss")]
+    if any("eigenvalues" in arrays for arrays in runs.values()):
+        written.append(
+            plot_sharpness(runs, lr, directory / "sharpness.png", status=status,
+                           title=f"{prefix}sharpness (η = {lr:g})")
+        )
+    if any("distance" in arrays for arrays in runs.values()):
+        written.append(
+            plot_distance(runs, directory / "distance.png", references=references, status=status,
+                          title=f"{prefix}distance to the reference run")
+        )
+    return written

@@ -1,0 +1,657 @@
+"""The central flow of gradient descent and of preconditioned GD.
+
+Cohen, Damian, Talwalkar, Kolter and Lee, "Understanding optimization in deep
+learning with central flows" (ICLR 2025). At the edge of stability GD oscillates
+around a smooth *central* path w(τ); the oscillation δ has covariance Σ supported on
+the eigenvectors at the edge, and, in step time τ (DESIGN, "Time convention"),
+
+    dw/dτ = −P⁻¹ [ g + ½ ∇_w⟨Σ, H(w)⟩ ],      ds/dτ = rule.derivative(…, E[g⊙g]),
+
+with ``E[g⊙g] = g⊙g + 4P² diag(Σ)`` (at the edge ``Hδ = 2Pδ``). This module is written
+for any preconditioned rule ``w_{k+1} = w_k − P⁻¹(s_k) g_k`` (the rule supplies P⁻¹ and
+ds/dτ, the machinery here does the rest); for GD ``P⁻¹ = η`` and there is no state.
+
+**Edge and Σ.** Stability is ``λ_max(P⁻¹H) ≤ 2``. With ``V, μ`` the top-k eigenpairs of
+``P^{-1/2} H P^{-1/2}`` (μ are the eigenvalues of P⁻¹H; ``ηλ`` for GD), the generalized
+eigenvectors ``U = P^{-1/2} V`` (``UᵀPU = I``) and ``Σ = U X Uᵀ`` with X ⪰ 0 a k×k matrix,
+the stability matrix ``A = Uᵀ(2P − H)U`` (= ``diag(2 − μ)``) moves, with U frozen, as
+
+    dA/dτ = a₀ + β[X],    a₀_ij = 2u_iᵀṖ₀u_j − ⟨g_ij, ẇ₀⟩,   β[X]_ij = Σ_kl X_kl(2u_iᵀṖ_klu_j − ⟨g_ij, ẇ_kl⟩),
+
+where ``g_ij = ∇_w(u_iᵀH u_j)``, ``ẇ₀ = −P⁻¹g``, ``ẇ_kl = −½P⁻¹g_kl``, and Ṗ is the
+rate of P through the rule's state and its dependence on X (for GD, Ṗ = 0 and
+``β_ijkl = ½η⟨g_ij, g_kl⟩``). X solves the semidefinite complementarity problem
+
+    X ⪰ 0,   M = a₀ + κA + β[X] ⪰ 0,   ⟨X, M⟩ = 0            (`flows.linalg.sdcp`),
+
+i.e. the flow is gradient flow projected onto the cone of directions that raise no
+eigenvalue at the edge; with one eigenvalue ``σ² = 2⟨−g, ∇S⟩/‖∇S‖²`` (times η²/... in
+these units). **Restoring term**: ``κA`` (``κ = restoring_rate``) is the continuous form
+of the reference code's one-step-ahead condition ``A + dt·dA/dτ ⪰ 0`` (``κ = 1/dt``): on
+the edge A = 0 and it vanishes, so it does not change the flow there; an eigenvalue
+that drifted above the edge (integration error) is pulled back at rate κ, one below
+it may approach at rate at most κ·(distance), so entry into the edge is smoothed over
+about 1/κ steps. The stable phase (all μ < 2) is exactly the rule's gradient flow;
+entry into the edge of stability needs no event: X becomes non-zero by itself.
+
+Only eigen-directions with ``μ ≥ 2 − edge_margin`` enter the complementarity problem
+(the others have X = 0 and need no third derivatives); at most ``max_edge`` of them.
+
+**Predictions** of GD's time averages along the flow (`CentralFlow.diagnostics`):
+``E[L] ≈ L + ½⟨Σ, H⟩ = L + tr(Σ)/η`` and ``E‖g‖² ≈ ‖g‖² + (4/η²) tr Σ`` (GD), plus the
+eigenvalues of Σ and the tracked eigenvalues.
+
+**Integration.** ``CentralFlow`` is an ordinary vector field (``(t, y, args)``) that can be
+integrated by any diffrax solver; it then recomputes the eigenpairs at every evaluation
+with ``eigensolver`` (dense eigh or Lanczos). The default solver, `CentralFlowSolver`, is
+a fixed-step Runge–Kutta method that carries the eigenvectors in the state and refines
+them once per step from the previous ones (warm-started block Rayleigh–Ritz,
+`flows.linalg.rayleigh_ritz`), which makes the flow several times cheaper per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PyTree, Scalar
+
+from ..linalg.eigen import EigenSolver, default_solver, top_eigenpairs
+from ..linalg.hvp import gradient, hessian_quadratic_form_grad, hvp, loss_and_gradient
+from ..linalg.rayleigh_ritz import block_rayleigh_ritz
+from ..linalg.sdcp import solve_sdcp
+from ..optimizers.base import UpdateRule
+from ..problem import Problem
+from .base import VectorField
+
+__all__ = [
+    "CentralFlow",
+    "CentralFlowSolver",
+    "EdgeSystem",
+    "edge_system",
+    "third_derivatives",
+]
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _pair_order(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs i ≤ j ordered by j, so the first r(r+1)/2 pairs are those of the top-r block."""
+    rows = np.asarray([i for j in range(k) for i in range(j + 1)], dtype=int)
+    cols = np.asarray([j for j in range(k) for _ in range(j + 1)], dtype=int)
+    return rows, cols
+
+
+def third_derivatives(
+    f: Callable[[Array], Scalar], w: Float[Array, " n"], u: Float[Array, "n k"]
+) -> Float[Array, "k k n"]:
+    """``g_ij = ∇_w(u_iᵀ H(w) u_j)`` for all i, j: k(k+1)/2 gradients of HVP forms."""
+    k, n = u.shape[1], w.shape[0]
+    if k == 0:
+        return jnp.zeros((0, 0, n), w.dtype)
+    rows, cols = _pair_order(k)
+    pairs = jax.vmap(lambda a, b: hessian_quadratic_form_grad(f, w, a, b))(
+        u[:, rows].T, u[:, cols].T
+    )
+    full = jnp.zeros((k, k, n), pairs.dtype)
+    return full.at[rows, cols].set(pairs).at[cols, rows].set(pairs)
+
+
+def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
+    widths = [(0, 0)] * x.ndim
+    for axis in axes:
+        widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _active_third_derivatives(f, w, u, num_active: Int[Array, ""]) -> Array:
+    """`third_derivatives` of the top ``num_active`` columns of u, zero elsewhere.
+
+    A loop of ``r(r+1)/2`` iterations (r = ``num_active``, a traced value): only the
+    pairs at the edge are differentiated, none in the stable phase.
+    """
+    k, n = u.shape[1], w.shape[0]
+    rows, cols = (jnp.asarray(x) for x in _pair_order(k))
+
+    def pair(q, acc):
+        i, j = rows[q], cols[q]
+        g_ij = hessian_quadratic_form_grad(f, w, u[:, i], u[:, j])
+        return acc.at[i, j].set(g_ij).at[j, i].set(g_ij)
+
+    count = num_active * (num_active + 1) // 2
+    return jax.lax.fori_loop(0, count, pair, jnp.zeros((k, k, n), w.dtype))
+
+
+def _solve_active(alpha: Array, beta: Array, num_active: Int[Array, ""]):
+    """The SDCP on the top ``num_active`` block, X = 0 elsewhere.
+
+    Entries outside the block are decoupled: there α = 0 and β acts as the identity,
+    so their solution is 0 and one fixed-size problem serves every block size. With
+    at most one eigenvalue at the edge the closed form ``X₁₁ = max(0, −α₁₁/β₁₁₁₁)`` is
+    used instead (the common case, and the whole stable phase).
+    """
+    k = alpha.shape[0]
+    active = jnp.arange(k) < num_active
+    inside = active[:, None] & active[None, :]
+
+    def scalar():
+        curvature = beta[0, 0, 0, 0]
+        safe = jnp.where(curvature > 0, curvature, 1.0)
+        x11 = jnp.where((num_active > 0) & (curvature > 0), jnp.maximum(0.0, -alpha[0, 0] / safe), 0.0)
+        return jnp.zeros((k, k), alpha.dtype).at[0, 0].set(x11), jnp.zeros((), alpha.dtype)
+
+    def block():
+        eye = jnp.eye(k, dtype=alpha.dtype)
+        identity = 0.5 * (
+            jnp.einsum("ik,jl->ijkl", eye, eye) + jnp.einsum("il,jk->ijkl", eye, eye)
+        )
+        masked_alpha = jnp.where(inside, alpha, 0.0)
+        masked_beta = jnp.where(
+            inside[:, :, None, None] & inside[None, None, :, :],
+            beta,
+            jnp.where(inside[:, :, None, None], 0.0, identity),
+        )
+        solution = solve_sdcp(masked_alpha, masked_beta)
+        return jnp.where(inside, solution.x, 0.0), solution.residual
+
+    if k == 1:
+        return scalar()
+    return jax.lax.cond(num_active <= 1, scalar, block)
+
+
+class EdgeSystem(eqx.Module):
+    """The central-flow dynamics at one point, affine in X (``Σ = U X Uᵀ``):
+
+    ``dw/dτ = dw0 + Σ_kl X_kl dw_x[k, l]``, ``E[g⊙g] = grad_sq0 + Σ_kl X_kl grad_sq_x[k, l]``
+    and, with U frozen, ``dA/dτ = a0 + β[X]`` for ``A = Uᵀ(2P − H)U``.
+    """
+
+    dw0: Float[Array, " n"]
+    dw_x: Float[Array, "k k n"]
+    grad_sq0: Float[Array, " n"]
+    grad_sq_x: Float[Array, "k k n"]
+    a0: Float[Array, "k k"]
+    beta: Float[Array, "k k k k"]
+
+
+def _quadratic_form(u: Array, diagonal: Array) -> Array:
+    """``Uᵀ diag(d) U`` for a scalar or per-coordinate d."""
+    return jnp.einsum("ni,n,nj->ij", u, jnp.broadcast_to(diagonal, u.shape[:1]), u)
+
+
+def edge_system(
+    rule: UpdateRule,
+    f: Callable[[Array], Scalar],
+    t: Scalar,
+    w: Float[Array, " n"],
+    state: PyTree,
+    g: Float[Array, " n"],
+    u: Float[Array, "n k"],
+    third: Float[Array, "k k n"],
+) -> EdgeSystem:
+    """Assemble `EdgeSystem` at ``(t, w, s)`` for the basis u and ``third = g_ij``.
+
+    Generic in the rule: ``P⁻¹`` is ``rule.preconditioner``, the state rate comes from
+    ``rule.derivative`` (linearised in ``E[g⊙g]``, exact for RMSProp-type rules), and
+    Ṗ is the derivative of ``P⁻¹(t, s, w)`` along (1, ṡ, ẇ), by forward differentiation.
+    For GD all the Ṗ terms vanish identically.
+    """
+    k = u.shape[1]
+    p_inv = rule.preconditioner(t, state, f, w, g)
+    dw0 = -p_inv * g
+    dw_x = -0.5 * p_inv * third
+    grad_sq0 = g * g
+    # The oscillation δ ∈ span(U) has Hδ = 2Pδ at the edge: E[(Hδ)⊙(Hδ)] = 4P² diag(Σ).
+    grad_sq_x = 4.0 / p_inv**2 * (u.T[:, None, :] * u.T[None, :, :])
+
+    def state_rate(grad_sq):
+        return rule.derivative(t, state, f, w, g, grad_sq)[1]
+
+    ds0, state_rate_linear = jax.linearize(state_rate, grad_sq0)
+
+    def p_inv_at(time, s, x):
+        return rule.preconditioner(time, s, f, x, gradient(f)(x))
+
+    def d_precond(dt, ds, dw):
+        dp_inv = jax.jvp(p_inv_at, (t, state, w), (dt, ds, dw))[1]
+        return -dp_inv / p_inv**2
+
+    n = w.shape[0]
+    ds_x = jax.vmap(state_rate_linear)(grad_sq_x.reshape(k * k, n))
+    zero_t = jnp.zeros_like(t)
+    dprecond_x = jax.vmap(lambda ds, dw: d_precond(zero_t, ds, dw))(ds_x, dw_x.reshape(k * k, n))
+    dprecond_0 = d_precond(jnp.ones_like(t), ds0, dw0)
+    a0 = 2 * _quadratic_form(u, dprecond_0) - jnp.einsum("ijn,n->ij", third, dw0)
+    beta_p = jax.vmap(lambda d: _quadratic_form(u, d))(dprecond_x).reshape(k, k, k, k)
+    beta = 2 * jnp.transpose(beta_p, (2, 3, 0, 1)) - jnp.einsum("ijn,kln->ijkl", third, dw_x)
+    return EdgeSystem(dw0, dw_x, grad_sq0, grad_sq_x, a0, beta)
+
+
+def _sqrt_psd(x: Array) -> Array:
+    values, vectors = jnp.linalg.eigh(x)
+    return (vectors * jnp.sqrt(jnp.maximum(values, 0))) @ vectors.T
+
+
+def _rank(x: Array) -> Array:
+    """The number of eigenvalues of the PSD x above rounding (relative to its largest)."""
+    values = jnp.linalg.eigvalsh(x)
+    threshold = 1e3 * jnp.finfo(x.dtype).eps * jnp.max(jnp.abs(values))
+    return jnp.sum(values > jnp.maximum(threshold, jnp.finfo(x.dtype).tiny))
+
+
+def _scale_columns(p_inv: Array, vectors: Array) -> Array:
+    """``P^{-1/2}`` times each column (P⁻¹ a scalar or a diagonal)."""
+    root = jnp.sqrt(p_inv)
+    return (root[:, None] if jnp.ndim(root) else root) * vectors
+
+
+class EdgeSummary(eqx.Module):
+    """What the flow reports at a point (see `CentralFlow.diagnostics`).
+
+    ``time`` is when it was computed: `CentralFlowSolver` fills it in at every step;
+    other solvers leave the initial one, so later reports are recognisably stale.
+    """
+
+    time: Scalar
+    effective_eigenvalues: Float[Array, " k"]
+    sigma_eigenvalues: Float[Array, " k"]
+    sigma_trace: Scalar
+    predicted_loss: Scalar
+    predicted_grad_norm_sq: Scalar
+    grad_norm_sq: Scalar
+    num_at_edge: Scalar
+    sdcp_residual: Scalar
+
+
+class _Geometry(eqx.Module):
+    """The eigen-basis at a point: refined vectors V (of P^{-1/2}HP^{-1/2}), the values
+    μ, the generalized eigenvectors U = P^{-1/2}V of the edge block and its size."""
+
+    vectors: Array
+    values: Array
+    u: Array
+    num_active: Array
+
+
+class _Evaluation(eqx.Module):
+    """The flow's rates at one point, and its third derivatives (for the next stages)."""
+
+    dw: Array
+    ds: PyTree
+    third: Array
+
+
+class _Report(eqx.Module):
+    """The pieces of an `EdgeSummary` that come out of an evaluation."""
+
+    x: Array
+    curvature: Array
+    loss: Array
+    g: Array
+    grad_sq: Array
+    residual: Array
+
+
+# ------------------------------------------------------------------------------ flow
+
+
+class CentralFlow(VectorField):
+    """The central flow of an update rule (GD by default), in step time τ.
+
+    ``dw/dτ = −P⁻¹[g + ½∇⟨Σ, H⟩]`` with Σ from the semidefinite complementarity problem
+    over the eigenvalues at the edge ``λ(P⁻¹H) = 2`` (one, two or more at once); see the
+    module docstring for the equations, the restoring term and the predictions.
+
+    The state is ``y = (w, s, summary)``: parameters, optimizer state, and the
+    `EdgeSummary` at w that `CentralFlowSolver` (the default integrator) fills in at
+    every step; the eigenvectors it tracks live in the solver's state, not in y. With
+    another diffrax solver the flow recomputes the eigenpairs from scratch at every
+    evaluation (``eigensolver``) and the summary, hence the diagnostics, stay NaN (use
+    `CentralFlow.evaluate` at the saved points).
+
+    Attributes:
+        problem: the loss.
+        rule: the update rule (GD, or a preconditioned rule supplying P⁻¹ and ds/dτ).
+        num_tracked: k, the top eigenvalues tracked and reported.
+        max_edge: at most this many eigenvalues at the edge at once (default k).
+        edge_margin: eigen-directions with ``μ ≥ 2 − edge_margin`` (μ the eigenvalues of
+            P⁻¹H, ηλ for GD) enter the complementarity problem.
+        restoring_rate: κ, per unit of step time (see the module docstring); keep
+            ``κ · dt0 ≤ 1`` with `CentralFlowSolver`.
+        guard: extra tracked vectors (speed up the warm-started eigensolver).
+        refine_iterations: block Rayleigh–Ritz iterations per step in `CentralFlowSolver`.
+        stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
+            step start's are used at every stage).
+        eigensolver: the from-scratch eigensolver, for the first step and for generic
+            diffrax solvers (dense below 1500 parameters, Lanczos above, by default).
+    """
+
+    problem: Problem
+    rule: UpdateRule
+    num_tracked: int = eqx.field(static=True, default=5)
+    max_edge: int | None = eqx.field(static=True, default=None)
+    edge_margin: float = 0.1
+    restoring_rate: float = 1.0
+    guard: int = eqx.field(static=True, default=2)
+    refine_iterations: int = eqx.field(static=True, default=1)
+    stage_third_derivatives: bool = eqx.field(static=True, default=True)
+    eigensolver: EigenSolver | None = None
+
+    def __check_init__(self):
+        k = self.num_tracked
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"num_tracked must be a positive integer, got {k!r}")
+        if self.max_edge is not None and not 1 <= self.max_edge <= k:
+            raise ValueError(
+                f"max_edge must be between 1 and num_tracked={k}, got {self.max_edge!r}"
+            )
+
+    # -- pieces
+
+    @property
+    def edge_size(self) -> int:
+        """K: the size of the complementarity problem (``max_edge``, default k)."""
+        return self.num_tracked if self.max_edge is None else self.max_edge
+
+    @property
+    def block_size(self) -> int:
+        """The number of tracked eigenvectors, ``k + guard`` (at most n)."""
+        return min(self.num_tracked + self.guard, self.problem.num_params)
+
+    def _exact_solver(self) -> EigenSolver:
+        if self.eigensolver is not None:
+            return self.eigensolver
+        return default_solver(self.problem.num_params)
+
+    def _operator(self, w, p_inv):
+        """``v ↦ P^{-1/2} H P^{-1/2} v``."""
+        f = self.problem.flat_loss
+        root = jnp.sqrt(p_inv)
+
+        def matvec(v):
+            return root * hvp(f, w, root * v)
+
+        return matvec
+
+    def _geometry(self, p_inv, values, vectors) -> _Geometry:
+        mu = values[: self.edge_size]
+        num_active = jnp.sum(mu >= 2.0 - self.edge_margin)
+        u = _scale_columns(p_inv, vectors[:, : self.edge_size])
+        return _Geometry(vectors, values, u, num_active)
+
+    def _exact_geometry(self, t, w, state, init=None) -> _Geometry:
+        f = self.problem.flat_loss
+        p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
+        pairs = top_eigenpairs(
+            f, w, self.block_size, solver=self._exact_solver(), init=init, preconditioner=p_inv
+        )
+        return self._geometry(p_inv, pairs.values, pairs.vectors)
+
+    def _refined_geometry(self, t, w, state, vectors) -> _Geometry:
+        f = self.problem.flat_loss
+        p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
+        values, vectors, _, _ = block_rayleigh_ritz(
+            self._operator(w, p_inv),
+            vectors,
+            num_converged=self.num_tracked,
+            max_iterations=self.refine_iterations,
+            rtol=0.0,
+        )
+        return self._geometry(p_inv, values, vectors)
+
+    def _evaluate(self, t, w, state, geometry: _Geometry, curvature=None, third=None):
+        """The rates at (t, w, s) in the basis ``geometry.u``, with the pieces of the report.
+
+        ``curvature = UᵀH(w)U`` (default: the eigenvalues, U the eigenvectors at w) and
+        ``third = g_ij`` at w (default: computed here).
+        """
+        f = self.problem.flat_loss
+        u, num_active = geometry.u, geometry.num_active
+        loss, g = loss_and_gradient(f, w)
+        p_inv = self.rule.preconditioner(t, state, f, w, g)
+        if third is None:
+            third = _active_third_derivatives(f, w, u, num_active)
+        if curvature is None:
+            curvature = jnp.diag(geometry.values[: self.edge_size])
+        stability = 2 * _quadratic_form(u, 1.0 / p_inv) - curvature
+        system = edge_system(self.rule, f, t, w, state, g, u, third)
+        alpha = system.a0 + self.restoring_rate * stability
+        x, residual = _solve_active(alpha, system.beta, num_active)
+        dw = system.dw0 + jnp.einsum("kl,kln->n", x, system.dw_x)
+        grad_sq = system.grad_sq0 + jnp.einsum("kl,kln->n", x, system.grad_sq_x)
+        ds = self.rule.derivative(t, state, f, w, g, grad_sq)[1]
+        report = _Report(x, curvature, loss, g, grad_sq, residual)
+        return _Evaluation(dw, ds, third), report
+
+    def _summary(self, t, geometry: _Geometry, report: _Report) -> EdgeSummary:
+        k = self.num_tracked
+        x, u, curvature, loss = report.x, geometry.u, report.curvature, report.loss
+        g, grad_sq, residual = report.g, report.grad_sq, report.residual
+        gram = u.T @ u
+        root = _sqrt_psd(x)
+        sigma_values = jnp.linalg.eigvalsh(root @ gram @ root)[::-1]
+        return EdgeSummary(
+            time=jnp.asarray(t, jnp.real(loss).dtype),
+            effective_eigenvalues=geometry.values[:k],
+            sigma_eigenvalues=_pad(sigma_values, k, (0,))[:k],
+            sigma_trace=jnp.trace(x @ gram),
+            # E[L] ≈ L + ½⟨Σ, H⟩ = L + ½ tr(X UᵀHU).
+            predicted_loss=loss + 0.5 * jnp.sum(x * curvature),
+            predicted_grad_norm_sq=jnp.sum(grad_sq),
+            grad_norm_sq=jnp.sum(g * g),
+            num_at_edge=_rank(x).astype(loss.dtype),
+            sdcp_residual=residual,
+        )
+
+    # -- VectorField interface
+
+    def evaluate(self, t, w, state=None) -> EdgeSummary:
+        """The `EdgeSummary` at (t, w, s), eigenpairs computed from scratch."""
+        geometry = self._exact_geometry(t, w, state)
+        return self._summary(t, geometry, self._evaluate(t, w, state, geometry)[1])
+
+    def initial_state(self):
+        w0, s0 = super().initial_state()
+        t0 = jnp.zeros((), jnp.real(w0).dtype)
+        return w0, s0, self.evaluate(t0, w0, s0)
+
+    def __call__(self, t, y, args):
+        w, state, summary = y
+        evaluation, _ = self._evaluate(t, w, state, self._exact_geometry(t, w, state))
+        zero = jax.tree_util.tree_map(jnp.zeros_like, summary)
+        return evaluation.dw, evaluation.ds, zero
+
+    def diagnostics(self, t, y):
+        """The tracked eigenvalues, Σ, and the predicted time averages of GD at y.
+
+        ``eigenvalues`` are those of P⁻¹H divided by η (the Hessian's for GD: the edge
+        is 2/η), ``effective_eigenvalues`` those of P⁻¹H (edge at 2); ``sigma_*`` are the
+        eigenvalues and trace of Σ; ``predicted_loss = L + ½⟨Σ, H⟩`` and
+        ``predicted_grad_norm_sq = ‖g‖² + 4 Σ_i P_i² Σ_ii`` predict GD's time-averaged
+        loss and squared gradient norm. NaN where `CentralFlowSolver` did not fill them in (other solvers).
+        """
+        summary = y[2]
+        fresh = jnp.abs(summary.time - t) <= 1e-3 * (1 + jnp.abs(t))
+        out = {
+            name: jnp.where(fresh, value, jnp.nan)
+            for name, value in dataclasses.asdict(summary).items()
+            if name != "time"
+        }
+        out["eigenvalues"] = out["effective_eigenvalues"] / self.rule.lr
+        return out
+
+    def default_solver(self) -> CentralFlowSolver:
+        """`CentralFlowSolver`, used by `flows.simulate` unless a solver is given."""
+        return CentralFlowSolver()
+
+
+# ---------------------------------------------------------------------------- solver
+
+def _tableau(a: list[list[float]], b: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """An explicit Runge–Kutta tableau with an extra last row (= b, at c = 1): the new
+    point, whose rates are the next step's first stage (first same as last)."""
+    stages = len(b)
+    full = np.zeros((stages + 1, stages + 1))
+    for i, row in enumerate(a):
+        full[i, : len(row)] = row
+    full[stages, :stages] = b
+    return full, full.sum(axis=1)
+
+
+#: Explicit Runge–Kutta methods for `CentralFlowSolver`, by name.
+TABLEAUS = {
+    "euler": _tableau([[]], [1.0]),
+    "heun": _tableau([[], [1.0]], [0.5, 0.5]),
+    "rk3": _tableau([[], [0.5], [-1.0, 2.0]], [1 / 6, 2 / 3, 1 / 6]),
+    "rk4": _tableau([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+}
+_ORDERS = {"euler": 1, "heun": 2, "rk3": 3, "rk4": 4}
+
+
+def _unwrap(terms) -> CentralFlow:
+    term = terms
+    while not isinstance(term, diffrax.ODETerm) and hasattr(term, "term"):
+        term = term.term  # diffrax wraps the user's term (direction of integration)
+    field = getattr(term, "vector_field", None)
+    if not isinstance(field, CentralFlow):
+        raise ValueError(
+            f"CentralFlowSolver integrates a CentralFlow, got {type(field).__name__}"
+        )
+    return field
+
+
+class _SolverState(eqx.Module):
+    geometry: _Geometry
+    first: _Evaluation
+    has_first: Array
+
+
+class CentralFlowSolver(diffrax.AbstractSolver):
+    """Fixed-step classic Runge–Kutta (order 4) for `CentralFlow`, with eigenvector tracking.
+
+    The solver state carries the tracked eigenvectors and the rates at the current
+    point. A step from w₀ (basis U₀ and rates known) evaluates the three inner RK4
+    stages with U₀ held fixed — exact gradient, preconditioner and third derivatives
+    ``g_ij`` at the stage point, the stability matrix ``Uᵀ(2P − H)U`` by a second-order
+    Taylor expansion in w — and then, at the new point w₁, refines the eigenvectors
+    from U₀ (``refine_iterations`` block Rayleigh–Ritz iterations) and evaluates the
+    rates there, which are both the report at w₁ (the `EdgeSummary` in y₁) and the first
+    stage of the next step. Cost per step: one block Rayleigh–Ritz refinement, four
+    gradients, four third-derivative sets (r(r+1)/2 gradients for r eigenvalues at the
+    edge, none in the stable phase) and four small complementarity problems.
+
+    Use it with a constant step ``dt0`` (1 by default in `flows.run_flow`) dividing the
+    save interval; ``restoring_rate · dt0 ≤ 1`` keeps the restoring term stable.
+    """
+
+    method: str = eqx.field(static=True, default="rk4")
+
+    term_structure = diffrax.AbstractTerm
+    interpolation_cls = diffrax.LocalLinearInterpolation
+
+    def __check_init__(self):
+        if self.method not in TABLEAUS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(TABLEAUS)}")
+
+    def order(self, terms):
+        return _ORDERS[self.method]
+
+    def init(self, terms, t0, t1, y0, args):
+        field = _unwrap(terms)
+        w0, s0, _ = y0
+        geometry = field._exact_geometry(t0, w0, s0)
+        size = field.edge_size
+        first = _Evaluation(
+            jnp.zeros_like(w0),
+            jax.tree_util.tree_map(jnp.zeros_like, s0),
+            jnp.zeros((size, size) + w0.shape, w0.dtype),
+        )
+        return _SolverState(geometry, first, jnp.asarray(False))
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del made_jump
+        field = _unwrap(terms)
+        f = field.problem.flat_loss
+        w0, s0, summary0 = y0
+        geometry0, first = solver_state.geometry, solver_state.first
+        h = t1 - t0
+        a, c = (jnp.asarray(x, dtype=h.dtype) for x in TABLEAUS[self.method])
+        last = a.shape[0] - 1
+        size = field.edge_size
+        curvature0 = jnp.diag(geometry0.values[:size])
+
+        def advance(y, rates, weights):
+            return jax.tree_util.tree_map(
+                lambda y_, k_: y_ + h * jnp.tensordot(weights, k_, axes=1), y, rates
+            )
+
+        # Points 0 … 3 are the RK4 stages, point 4 the new point (first stage of the next
+        # step). One loop body, so the evaluation is compiled once.
+        def point(carry, i):
+            k_w, k_s, third0, geometry_end, summary = carry
+            end = i == last
+            t = t0 + c[i] * h
+            w = advance(w0, k_w, a[i])
+            state = advance(s0, k_s, a[i])
+            geometry = jax.lax.cond(
+                end,
+                lambda: field._refined_geometry(t, w, state, geometry0.vectors),
+                lambda: geometry0,
+            )
+
+            def cached():
+                return first, summary
+
+            def fresh():
+                third = jax.lax.cond(
+                    (i == 0) | end | field.stage_third_derivatives,
+                    lambda: _active_third_derivatives(f, w, geometry.u, geometry.num_active),
+                    lambda: third0,
+                )
+                start = jnp.where(i == 0, third, third0)
+                # U held at U₀: u_iᵀH(w)u_j to second order in w − w₀ (d/dw = g_ij).
+                taylor = curvature0 + 0.5 * jnp.einsum("ijn,n->ij", start + third, w - w0)
+                curvature = jnp.where(end, jnp.diag(geometry.values[:size]), taylor)
+                evaluation, report = field._evaluate(t, w, state, geometry, curvature, third)
+                new_summary = jax.lax.cond(
+                    end, lambda: field._summary(t, geometry, report), lambda: summary
+                )
+                return evaluation, new_summary
+
+            evaluation, summary = jax.lax.cond((i == 0) & solver_state.has_first, cached, fresh)
+            third0 = jnp.where(i == 0, evaluation.third, third0)
+            k_w = k_w.at[i].set(evaluation.dw)
+            k_s = _set(k_s, i, evaluation.ds)
+            geometry_end = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(end, new, old), geometry, geometry_end
+            )
+            return (k_w, k_s, third0, geometry_end, summary), evaluation
+
+        num = a.shape[0]
+        k_w = jnp.zeros((num,) + w0.shape, w0.dtype)
+        k_s = jax.tree_util.tree_map(
+            lambda x: jnp.zeros((num,) + jnp.shape(x), jnp.result_type(x)), s0
+        )
+        carry = (k_w, k_s, first.third, geometry0, summary0)
+        (k_w, k_s, _, geometry1, summary1), evaluations = jax.lax.scan(
+            point, carry, jnp.arange(num)
+        )
+        w1 = advance(w0, k_w, a[last])
+        s1 = advance(s0, k_s, a[last])
+        next_first = jax.tree_util.tree_map(lambda x: x[last], evaluations)
+        y1 = (w1, s1, summary1)
+        state1 = _SolverState(geometry1, next_first, jnp.asarray(True))
+        return y1, None, dict(y0=y0, y1=y1), state1, diffrax.RESULTS.successful
+
+
+def _set(stack: PyTree, i, value: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda s, v: s.at[i].set(v), stack, value)

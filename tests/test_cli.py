@@ -1,0 +1,376 @@
+"""`flows run` and `flows show` end to end on quadratics with closed forms, divergence of
+one method while the others go on, and bad input: one line, exit status 2, nothing written."""
+
+import copy
+import io
+import json
+import math
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flows.cli import main
+
+from .cli_helpers import (
+    assert_one_line_error,
+    load_results,
+    run_cli,
+    run_subprocess,
+    write_config,
+)
+
+EIGS = np.array([0.5, 2.0, 8.0])
+LR, STEPS, EVERY = 0.1, 40, 2
+
+QUADRATIC = {
+    "problem": {"name": "quadratic", "eigenvalues": EIGS.tolist(), "rotate": False},
+    "run": {"lr": LR, "steps": STEPS, "save_every": EVERY, "checkpoint_every": 10,
+            "num_eigenvalues": 2, "dtype": "float64"},
+    "methods": {"gd": {}, "gradient_flow": {}},
+}
+
+
+@pytest.fixture(scope="module")
+def quadratic_run():
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config = write_config(tmp / "quad.toml", QUADRATIC)
+        code, out, err = run_cli("run", config, "--out", tmp / "run")
+        yield tmp, code, out, err
+
+
+def test_run_matches_closed_forms(quadratic_run):
+    tmp, code, out, err = quadratic_run
+    assert code == 0, err
+    results = load_results(tmp / "run")
+    k = np.arange(0, STEPS + 1, EVERY)
+    # ½ wᵀ diag(λ) w from w₀ = 1: GD and gradient flow.
+    gd = (1 - LR * EIGS[None, :]) ** k[:, None]
+    gf = np.exp(-LR * EIGS[None, :] * k[:, None])
+    np.testing.assert_array_equal(results["gd/steps"], k)
+    np.testing.assert_allclose(results["gd/params"], gd, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(results["gradient_flow/params"], gf, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(results["gd/loss"], 0.5 * (gd**2) @ EIGS, rtol=1e-12)
+    for label in ("gd", "gradient_flow"):  # the Hessian is constant
+        np.testing.assert_allclose(results[f"{label}/eigenvalues"], [[8.0, 2.0]] * len(k),
+                                   rtol=1e-10)
+    np.testing.assert_allclose(
+        results["gradient_flow/distance"], np.linalg.norm(gf - gd, axis=1), rtol=1e-5, atol=1e-9
+    )
+    assert "gd/distance" not in results  # GD is the reference
+
+
+def test_run_writes_summary_and_plots(quadratic_run):
+    tmp, code, out, err = quadratic_run
+    run = tmp / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] and summary["seed"] == 0 and summary["steps"] == STEPS
+    assert {"jax", "diffrax", "flows", "equinox", "numpy"} <= set(summary["versions"])
+    assert summary["config"]["problem"]["eigenvalues"] == EIGS.tolist()
+    gd = summary["methods"]["gd"]
+    final = (1 - LR * EIGS) ** STEPS
+    assert gd["status"] == "ok" and gd["final_step"] == STEPS
+    assert math.isclose(gd["final_loss"], 0.5 * np.sum(EIGS * final**2), rel_tol=1e-10)
+    assert math.isclose(gd["final_sharpness"], 8.0, rel_tol=1e-10)
+    assert gd["wall_seconds"] >= 0
+    gf = summary["methods"]["gradient_flow"]
+    assert gf["reference"] == "gd"
+    expected = np.linalg.norm(np.exp(-LR * EIGS * STEPS) - final)
+    assert math.isclose(gf["distance_to_reference"], expected, rel_tol=1e-5)
+    for name in ("loss.png", "sharpness.png", "distance.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gradient_flow" in out and "ok" in out
+    # `flows show` reads it back and redraws the plots.
+    (run / "loss.png").unlink()
+    code, shown, _ = run_cli("show", run)
+    assert code == 0 and "gradient_flow" in shown and "complete" in shown
+    assert (run / "loss.png").exists()
+
+
+def test_rerun_of_a_finished_run_changes_nothing(quadratic_run, tmp_path):
+    tmp, code, _, _ = quadratic_run
+    before = load_results(tmp / "run")
+    code, _, err = run_cli("run", tmp / "quad.toml", "--out", tmp / "run")
+    assert code == 0, err
+    after = load_results(tmp / "run")
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+
+
+def test_other_configuration_is_refused_and_nothing_is_overwritten(quadratic_run, tmp_path):
+    tmp, _, _, _ = quadratic_run
+    other = copy.deepcopy(QUADRATIC)
+    other["run"]["lr"] = 0.05
+    config = write_config(tmp_path / "other.toml", other)
+    files = {p: p.read_bytes() for p in (tmp / "run").rglob("*") if p.is_file()}
+    code, _, err = run_cli("run", config, "--out", tmp / "run")
+    assert code == 2
+    assert_one_line_error(err)
+    assert "another configuration" in err
+    assert {p: p.read_bytes() for p in (tmp / "run").rglob("*") if p.is_file()} == files
+
+
+def test_overwrite_replaces_another_run(tmp_path):
+    small = copy.deepcopy(QUADRATIC)
+    small["methods"] = {"gd": {}}
+    small["run"].update(steps=10, num_eigenvalues=0)
+    write_config(tmp_path / "a.toml", small)
+    assert run_cli("run", tmp_path / "a.toml", "--out", tmp_path / "run")[0] == 0
+    small["run"]["lr"] = 0.2
+    write_config(tmp_path / "b.toml", small)
+    assert run_cli("run", tmp_path / "b.toml", "--out", tmp_path / "run")[0] == 2
+    code, _, err = run_cli("run", tmp_path / "b.toml", "--out", tmp_path / "run", "--overwrite")
+    assert code == 0, err
+    params = load_results(tmp_path / "run")["gd/params"]
+    np.testing.assert_allclose(params[-1], (1 - 0.2 * EIGS) ** 10, rtol=1e-12)
+
+
+def test_divergence_stops_one_method_and_the_others_go_on(tmp_path):
+    eigs, lr = np.array([1.0, 25.0]), 0.1  # η λ = 2.5 > 2: GD diverges, the flows do not
+    config = {
+        "problem": {"name": "quadratic", "eigenvalues": eigs.tolist(), "rotate": False},
+        "run": {"lr": lr, "steps": 40, "save_every": 2, "checkpoint_every": 10,
+                "num_eigenvalues": 1, "dtype": "float64", "save_params": False},
+        "methods": {"gd": {}, "rms": {"method": "rmsprop", "eps": 1e-8}},
+    }
+    code, out, err = run_cli("run", write_config(tmp_path / "c.toml", config), "--out",
+                             tmp_path / "run")
+    assert code == 0, err
+    # Independent truth: the first step whose loss exceeds 10⁶ (1 + L(w₀)).
+    k = np.arange(41)
+    loss = 0.5 * (((1 - lr * eigs[None, :]) ** (2 * k[:, None])) @ eigs)
+    first_bad = int(k[np.argmax(loss > 1e6 * (1 + loss[0]))])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    gd = summary["methods"]["gd"]
+    assert gd["status"] == f"diverged at step {first_bad}" and gd["stopped_at"] == first_bad
+    assert gd["final_step"] == first_bad - first_bad % 2
+    assert any(f"gd diverged at step {first_bad}" in m and "the other methods went on" in m
+               for m in summary["messages"])
+    assert f"gd diverged at step {first_bad}" in out
+    assert summary["methods"]["rms"]["status"] == "ok"
+    results = load_results(tmp_path / "run")
+    saved = results["gd/steps"]
+    assert results["gd/loss"].shape == (21,)
+    before = saved < first_bad
+    np.testing.assert_allclose(results["gd/loss"][before], loss[saved[before]], rtol=1e-10)
+    assert np.all(np.isnan(results["gd/loss"][saved > first_bad]))
+    assert np.all(np.isfinite(results["rms/loss"])) and results["rms/loss"].shape == (21,)
+    assert np.all(np.isnan(results["rms/distance"][saved > first_bad]))  # GD is gone
+    assert not any(k.endswith("/params") or k.endswith("/nu") for k in results)  # save_params
+    assert int(results["gd/status_code"]) == 1 and int(results["gd/stopped_at"]) == first_bad
+
+
+def test_exploding_flow_is_stopped(tmp_path):
+    eigs, lr = np.array([-2.0, 1.0]), 0.5  # a saddle: everything escapes along λ = −2
+    config = {
+        "problem": {"name": "quadratic", "eigenvalues": eigs.tolist(), "rotate": False},
+        "run": {"lr": lr, "steps": 20, "save_every": 1, "checkpoint_every": 5,
+                "num_eigenvalues": 0, "dtype": "float64", "save_params": False},
+        "methods": {"gradient_flow": {}, "gd": {}},
+    }
+    code, _, err = run_cli("run", write_config(tmp_path / "c.toml", config), "--out",
+                           tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    threshold = 1e6 * (1 + abs(0.5 * eigs.sum()))
+    tau = np.arange(21)
+    flow_loss = 0.5 * (np.exp(-2 * lr * eigs[None, :] * tau[:, None]) @ eigs)
+    gd_loss = 0.5 * (((1 - lr * eigs[None, :]) ** (2 * tau[:, None])) @ eigs)
+    flow_stop = int(tau[np.argmax(np.abs(flow_loss) > threshold)])
+    gd_stop = int(tau[np.argmax(np.abs(gd_loss) > threshold)])
+    assert flow_stop != gd_stop  # the two stop at different steps
+    assert summary["methods"]["gradient_flow"]["status"] == f"diverged at step {flow_stop}"
+    assert summary["methods"]["gd"]["status"] == f"diverged at step {gd_stop}"
+    results = load_results(tmp_path / "run")
+    np.testing.assert_allclose(results["gradient_flow/loss"][:flow_stop], flow_loss[:flow_stop],
+                               rtol=1e-6)
+    assert "gd/params" not in results and "gradient_flow/distance" in results
+
+
+def test_show_while_running_or_interrupted(tmp_path, monkeypatch):
+    monkeypatch.setenv("_FLOWS_TEST_INTERRUPT_AFTER_CHUNK", "interrupt:2")
+    small = copy.deepcopy(QUADRATIC)
+    small["methods"] = {"gd": {}}
+    code, _, err = run_cli("run", write_config(tmp_path / "a.toml", small), "--out",
+                           tmp_path / "run")
+    assert code == 130
+    assert "interrupted; 20 of 40 steps are saved" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "results.npz").exists()
+    code, out, _ = run_cli("show", tmp_path / "run")
+    assert code == 0 and "running or interrupted (20 steps)" in out
+    assert (tmp_path / "run" / "loss.png").exists()
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for args in ([], ["fly"], ["run"], ["run", tmp_path / "missing.toml"], ["show", tmp_path],
+                 ["show", tmp_path / "nothing"], ["run", "x.toml", "--bogus"]):
+        code, out, err = run_cli(*args)
+        assert code == 2, args
+        assert_one_line_error(err)
+
+
+def test_python_dash_m_reports_bad_input_without_traceback(tmp_path):
+    bad = copy.deepcopy(QUADRATIC)
+    bad["run"]["lr"] = -1.0
+    result = run_subprocess("run", write_config(tmp_path / "bad.toml", bad), "--out",
+                            tmp_path / "run")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert "[run] lr" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- property-based
+
+VALID = {
+    "problem": {"name": "mlp", "widths": [3], "activation": "tanh"},
+    "data": {"name": "digits", "n": 8, "classes": [0, 1]},
+    "run": {"lr": 0.1, "steps": 4, "save_every": 2, "num_eigenvalues": 1},
+    "methods": {"gd": {}, "gradient_flow": {}, "rms": {"method": "rmsprop", "beta2": 0.9}},
+}
+
+_known = {
+    "problem": {"name", "data", "widths", "activation", "loss", "seed", "bias"},
+    "data": {"name", "n", "classes", "flatten", "standardize"},
+    "run": {"lr", "steps", "save_every", "checkpoint_every", "num_eigenvalues", "eigensolver",
+            "dtype", "seed", "divergence_factor", "save_params", "reference"},
+    "methods": {"method", "optimizer", "num_eigenvalues", "reference", "beta2", "eps",
+                "bias_correction", "initial_nu", "solver", "rtol", "atol", "dt0", "max_steps"},
+}
+names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+scalars = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.booleans(),
+                    st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3))
+not_positive = st.one_of(st.integers(max_value=0), st.floats(max_value=0.0),
+                         st.just(float("nan")), st.just(float("inf")))
+not_int = st.one_of(st.floats(allow_nan=True), st.booleans(), st.text(max_size=5),
+                    st.lists(st.integers(), max_size=2))
+
+
+def _set(config, path, value):
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return config
+
+
+@st.composite
+def bad_configs(draw):
+    """VALID with one change that makes it invalid, whatever the values drawn."""
+    config = copy.deepcopy(VALID)
+    kind = draw(st.sampled_from([
+        "unknown_key", "run_int", "lr", "run_choice", "names", "problem_type", "method_option",
+        "duplicate_table", "data_file", "method_table",
+    ]))
+    if kind == "unknown_key":
+        table = draw(st.sampled_from(["problem", "data", "run", "methods.gd", "methods.rms"]))
+        key = draw(names.filter(lambda k: k not in _known[table.split(".")[0]]))
+        path = tuple(table.split(".")) + (key,)
+        _set(config, path, draw(scalars))
+    elif kind == "run_int":
+        key = draw(st.sampled_from(["steps", "save_every", "checkpoint_every", "seed",
+                                    "num_eigenvalues"]))
+        value = draw(st.one_of(not_int, st.integers(max_value=-1)))
+        _set(config, ("run", key), value)
+    elif kind == "lr":
+        value = draw(st.one_of(not_positive, st.text(max_size=5), st.booleans(), st.just([]),
+                               st.lists(not_positive, min_size=1, max_size=3)))
+        _set(config, ("run", "lr"), value)
+    elif kind == "run_choice":
+        key = draw(st.sampled_from(["dtype", "eigensolver", "save_params",
+                                    "divergence_factor", "reference"]))
+        value = {
+            "dtype": st.text(max_size=8).filter(lambda s: s not in ("float32", "float64")),
+            "eigensolver": st.one_of(st.integers(), st.text(max_size=8).filter(
+                lambda s: s not in ("auto", "dense", "lanczos", "lobpcg"))),
+            "save_params": st.one_of(st.integers(), st.text(max_size=5), st.floats()),
+            "divergence_factor": st.one_of(not_positive, st.text(max_size=4)),
+            "reference": st.one_of(st.integers(), names.filter(
+                lambda s: s not in ("gd", "gradient_flow", "rms"))),
+        }[key]
+        _set(config, ("run", key), draw(value))
+    elif kind == "names":
+        where = draw(st.sampled_from([("problem", "name"), ("data", "name"),
+                                      ("methods", "rms", "method"),
+                                      ("methods", "gradient_flow", "optimizer")]))
+        from flows.methods import FLOWS, OPTIMIZERS
+        from flows.problems import DATASETS, PROBLEMS
+
+        taken = set(PROBLEMS) | set(DATASETS) | set(OPTIMIZERS) | set(FLOWS)
+        _set(config, where, draw(st.one_of(names.filter(lambda s: s not in taken),
+                                           st.integers())))
+    elif kind == "problem_type":
+        key, value = draw(st.sampled_from([
+            ("widths", st.one_of(st.integers(), st.text(max_size=4), st.booleans())),
+            ("seed", st.one_of(st.text(max_size=4), st.floats(), st.booleans())),
+            ("activation", st.one_of(st.integers(), st.floats(), st.lists(st.integers()))),
+            ("bias", st.one_of(st.integers(), st.text(max_size=4))),
+        ]))
+        _set(config, ("problem", key), draw(value))
+    elif kind == "method_option":
+        key, value = draw(st.sampled_from([
+            ("beta2", st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-9),
+                                st.text(max_size=4), st.booleans())),
+            ("eps", st.one_of(st.floats(max_value=-1e-9), st.text(max_size=4))),
+            ("bias_correction", st.one_of(st.integers(), st.floats(), st.text(max_size=3))),
+        ]))
+        _set(config, ("methods", "rms", key), draw(value))
+    elif kind == "method_table":
+        label = draw(st.sampled_from(["gd", "rms"]))
+        key, value = draw(st.sampled_from([
+            ("rtol", st.floats(min_value=1e-9, max_value=1.0)),  # flows only
+            ("solver", st.just("tsit5")),
+            ("optimizer", st.just("rmsprop")),
+        ]))
+        _set(config, ("methods", label, key), draw(value))
+    elif kind == "data_file":
+        config["data"] = {"name": "cifar10", "path": "/nonexistent/" + draw(names)}
+    return config, kind == "duplicate_table"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bad_configs())
+def test_bad_configs_never_show_a_traceback(case):
+    config, duplicate = case
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = write_config(tmp / "bad.toml", config)
+        if duplicate:  # invalid TOML: a table defined twice
+            path.write_text(path.read_text() + "\n[run]\nsteps = 3\n")
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(["run", str(path), "--out", str(tmp / "out")])
+        assert code == 2, (config, err.getvalue())
+        assert_one_line_error(err.getvalue())
+        assert not (tmp / "out").exists()  # nothing written
+
+
+def test_learning_rate_list_runs_a_sweep(tmp_path):
+    eigs, lrs = np.array([1.0, 4.0]), [0.1, 0.3]
+    config = {
+        "problem": {"name": "quadratic", "eigenvalues": eigs.tolist(), "rotate": False},
+        "run": {"lr": lrs, "steps": 10, "save_every": 5, "num_eigenvalues": 1,
+                "dtype": "float64"},
+        "methods": {"gd": {}, "rms": {"method": "rmsprop", "eps": 1e-8}},
+    }
+    code, out, err = run_cli("run", write_config(tmp_path / "s.toml", config), "--out",
+                             tmp_path / "run")
+    assert code == 0, err
+    results = load_results(tmp_path / "run")
+    np.testing.assert_array_equal(results["lr"], lrs)
+    k = np.array([0, 5, 10])
+    for i, lr in enumerate(lrs):
+        exact = (1 - lr * eigs[None, :]) ** k[:, None]
+        np.testing.assert_allclose(results["gd/params"][i], exact, rtol=1e-12)
+    np.testing.assert_allclose(results["gd/eigenvalues"][..., 0], 4.0, rtol=1e-10)
+    assert results["rms/distance"].shape == (2, 3)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    by_lr = summary["methods"]["gd"]["by_lr"]
+    assert [e["lr"] for e in by_lr] == lrs and all(e["status"] == "ok" for e in by_lr)
+    assert "rms" in out

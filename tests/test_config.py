@@ -1,0 +1,226 @@
+"""Run configurations: defaults, and every kind of bad input named in one line."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from flows.config import (
+    ConfigError,
+    _allowed_kinds,
+    build_problem,
+    build_specs,
+    load_config,
+    parse_config,
+)
+
+from .cli_helpers import ROOT, write_config
+
+BASE = {
+    "problem": {"name": "mlp", "widths": [4], "activation": "tanh"},
+    "data": {"name": "synthetic_regression", "n": 16, "d_in": 3},
+    "run": {"lr": 0.1, "steps": 20, "save_every": 2},
+    "methods": {
+        "gd": {},
+        "gradient_flow": {"rtol": 1e-6},
+        "rms": {"method": "rmsprop", "beta2": 0.9},
+        "rms_flow": {"method": "gradient_flow", "optimizer": "rmsprop", "beta2": 0.9},
+    },
+}
+
+
+def with_change(path, value):
+    """BASE with ``path`` (a tuple of keys) set to ``value`` (or removed if value is ...)."""
+    config = copy.deepcopy(BASE)
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    if value is ...:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return config
+
+
+def test_defaults_and_labels():
+    config = parse_config(BASE)
+    run = config.run
+    assert (run.lr, run.steps, run.save_every) == (0.1, 20, 2)
+    assert run.dtype == "float32" and run.seed == 0 and run.num_eigenvalues == 1
+    assert run.checkpoint_every is None and not run.is_sweep
+    assert run.reference == "gd"  # there is a method labelled gd
+    methods = {m.label: m for m in config.methods}
+    assert methods["rms"].method == "rmsprop" and methods["rms"].options == {"beta2": 0.9}
+    assert methods["rms_flow"].optimizer == "rmsprop"
+    assert methods["gradient_flow"].rtol == 1e-6
+    assert methods["gd"].reference is None  # not measured against itself
+    assert methods["rms"].reference == "gd"
+    assert parse_config(with_change(("run", "lr"), [0.1, 0.2])).run.lr == (0.1, 0.2)
+
+
+def test_fingerprint_tracks_what_matters():
+    a = parse_config(BASE)
+    assert a.fingerprint() == parse_config(copy.deepcopy(BASE)).fingerprint()
+    assert a.fingerprint() != parse_config(with_change(("run", "lr"), 0.2)).fingerprint()
+    changed = with_change(("methods", "rms", "beta2"), 0.95)
+    assert a.fingerprint() != parse_config(changed).fingerprint()
+    # A default written out is the same configuration.
+    assert a.fingerprint() == parse_config(with_change(("run", "seed"), 0)).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("run", "stepz"), 3, r"\[run\] stepz: unknown key"),
+        (("run", "steps"), "ten", r"\[run\] steps: expected a positive integer, got 'ten'"),
+        (("run", "steps"), 2.5, r"\[run\] steps: expected a positive integer"),
+        (("run", "steps"), True, r"\[run\] steps: expected a positive integer, got True"),
+        (("run", "lr"), -0.1, r"\[run\] lr: expected a positive number, got -0.1"),
+        (("run", "lr"), 0, r"\[run\] lr: expected a positive number"),
+        (("run", "lr"), float("nan"), r"\[run\] lr: expected a positive number"),
+        (("run", "lr"), [], r"\[run\] lr: expected a positive number or a non-empty list"),
+        (("run", "lr"), [0.1, "x"], r"\[run\] lr: expected a positive number, got 'x'"),
+        (("run", "lr"), ..., r"\[run\] lr: missing"),
+        (("run", "save_every"), 3, r"\[run\] save_every: 3 must divide steps = 20"),
+        (("run", "checkpoint_every"), 5, r"checkpoint_every: 5 must be a multiple of save_every"),
+        (("run", "dtype"), "float16", r"\[run\] dtype: unknown value 'float16'"),
+        (("run", "eigensolver"), "qr", r"\[run\] eigensolver: unknown value 'qr'"),
+        (("run", "seed"), -1, r"\[run\] seed: expected an integer ≥ 0"),
+        (("run", "save_params"), 1, r"\[run\] save_params: expected true or false"),
+        (("run", "reference"), "sgd", r"\[run\] reference: 'sgd' is not a method label"),
+        (("problem", "name"), "resnet", r"\[problem\] name: unknown value 'resnet'"),
+        (("problem", "name"), ..., r"\[problem\] name: missing"),
+        (("problem", "depth"), 3, r"\[problem\] depth: unknown key; problem 'mlp' takes"),
+        (("problem", "widths"), 4, r"\[problem\] widths: expected a list, got 4"),
+        (("problem", "seed"), "one", r"\[problem\] seed: expected an integer, got 'one'"),
+        (("problem", "activation"), 1, r"\[problem\] activation: expected a string"),
+        (("problem", "widths"), {"a": 1}, r"\[problem\] widths: expected a value, got a table"),
+        (("data", "name"), "mnist", r"\[data\] name: unknown value 'mnist'"),
+        (("data", "path"), "x", r"\[data\] path: unknown key"),
+        (("data",), ..., r"problem 'mlp' trains on data: add a \[data\] table"),
+        (("methods", "sgd"), {}, r"\[methods.sgd\]: unknown method 'sgd'"),
+        (("methods", "x"), {"method": "adam"}, r"\[methods.x\] method: unknown method 'adam'"),
+        (("methods", "gd", "beta2"), 0.9, r"\[methods.gd\] beta2: unknown key; 'gd' takes"),
+        (("methods", "rms", "beta2"), 1.5, r"\[methods.rms\] beta2: expected a number in \[0, 1\)"),
+        (("methods", "rms", "beta2"), "high", r"\[methods.rms\] beta2: expected a number"),
+        (("methods", "rms", "bias_correction"), 1, r"bias_correction: expected true or false"),
+        (("methods", "gd", "optimizer"), "rmsprop", r"\[methods.gd\] optimizer: only flows"),
+        (("methods", "gd", "rtol"), 1e-3, r"\[methods.gd\] rtol: integrator options apply"),
+        (("methods", "gradient_flow", "solver"), "rk4", r"solver: unknown value 'rk4'"),
+        (("methods", "gradient_flow", "rtol"), -1.0, r"rtol: expected a positive number"),
+        (("methods", "gradient_flow", "optimizer"), "adam", r"optimizer: unknown value 'adam'"),
+        (("methods", "gd", "reference"), "nobody", r"\[methods.gd\] reference: 'nobody'"),
+        (("methods",), {}, r"\[methods\]: no methods"),
+        (("extra",), {}, r"unknown table \[extra\]"),
+    ],
+)
+def test_bad_values_are_named(path, value, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_config(with_change(path, value))
+    assert "\n" not in str(info.value)
+
+
+def test_data_table_for_a_problem_without_data():
+    config = {"problem": {"name": "quadratic", "eigenvalues": [1.0, 2.0]}, **{
+        k: v for k, v in BASE.items() if k != "problem"}}
+    with pytest.raises(ConfigError, match=r"\[data\]: problem 'quadratic' takes no data"):
+        parse_config(config)
+    del config["data"]
+    parse_config(config)
+    del config["problem"]["eigenvalues"]
+    with pytest.raises(ConfigError, match=r"\[problem\]: missing required key\(s\): eigenvalues"):
+        parse_config(config)
+
+
+def test_allowed_kinds_read_the_annotation():
+    assert _allowed_kinds("Sequence[int] | None", None) == {"list"}
+    assert _allowed_kinds("int | None", None) == {"int"}
+    assert _allowed_kinds("float", 0.0) == {"int", "float"}
+    assert _allowed_kinds("Callable[[Array], Scalar] | None", None) == set()
+    assert _allowed_kinds("", True) == {"bool"}
+    assert _allowed_kinds("", inspect_empty()) is None
+
+
+def inspect_empty():
+    import inspect
+
+    return inspect.Parameter.empty
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nlr = \n")
+    with pytest.raises(ConfigError, match=r"bad.toml: invalid TOML: .*line 2"):
+        load_config(bad)
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    good = write_config(tmp_path / "good.toml", with_change(("run", "steps"), "x"))
+    with pytest.raises(ConfigError, match=r"good.toml: \[run\] steps"):
+        load_config(good)
+
+
+def test_quickstart_config_is_valid():
+    config = load_config(ROOT / "configs" / "quickstart.toml")
+    assert [m.method for m in config.methods][:3] == ["gd", "gradient_flow", "modified_flow"]
+    assert config.problem["name"] == "mlp" and config.data["name"] == "digits"
+
+
+def test_build_problem_and_methods():
+    config = parse_config(BASE)
+    problem = build_problem(config)
+    # [run] seed seeds the data set and the initialization when they take a seed.
+    assert problem.num_params == 3 * 4 + 4 + 4 * 1 + 1
+    specs = build_specs(config, problem)
+    assert [s.label for s in specs] == ["gd", "gradient_flow", "rms", "rms_flow"]
+    assert specs[3].options == {"beta2": 0.9} and specs[3].optimizer == "rmsprop"
+    other = build_problem(parse_config(with_change(("run", "seed"), 1)))
+    assert not np.allclose(problem.w0, other.w0)
+
+
+def test_eigenvalue_counts_are_checked_against_the_problem():
+    config = parse_config(with_change(("run", "num_eigenvalues"), 22))
+    with pytest.raises(ConfigError, match=r"\[run\] num_eigenvalues: 22 is more than .* 21 "):
+        build_specs(config, build_problem(config))
+    raw = with_change(("run", "eigensolver"), "lobpcg")
+    raw["run"]["num_eigenvalues"] = 5
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"LOBPCG needs 5 × 5 < 21"):
+        build_specs(config, build_problem(config))
+    with pytest.raises(ConfigError, match=r"\[run\] steps: .* more than"):
+        parse_config(with_change(("run", "steps"), 10**10))
+
+
+def test_builder_rejections_become_config_errors():
+    config = parse_config(with_change(("problem", "activation"), "sigmoid"))
+    with pytest.raises(ConfigError, match=r"\[problem\] mlp: unknown activation 'sigmoid'"):
+        build_problem(config)
+    config = parse_config(with_change(("problem", "widths"), [4, "wide"]))
+    with pytest.raises(ConfigError, match=r"\[problem\] mlp: "):
+        build_problem(config)
+
+
+def cifar_config(path):
+    return {
+        "problem": {"name": "mlp", "widths": [4]},
+        "data": {"name": "cifar10", "path": str(path), "n": 4},
+        "run": {"lr": 0.1, "steps": 4},
+        "methods": {"gd": {}},
+    }
+
+
+def test_missing_and_corrupt_data_files(tmp_path):
+    config = parse_config(cifar_config(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"\[data\] cifar10: .*nowhere.*not found"):
+        build_problem(config)
+    batch = tmp_path / "data_batch_1"
+    data = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
+    batch.write_bytes(pickle.dumps(data)[:50])  # truncated
+    with pytest.raises(ConfigError, match=r"\[data\] cifar10: .*truncated or corrupt") as info:
+        build_problem(parse_config(cifar_config(batch)))
+    assert "\n" not in str(info.value)
