@@ -16,7 +16,9 @@ the edge, 2). It compares it with gradient flow vs GD at the same largest and at
 same mean effective sharpness, and does the same for the first-order modified flow
 (`flows.ModifiedFlow`, which removes the O(η) error of gradient flow: what remains of
 a misaligned ν shows there). It also reports the relative error of ν along the flow
-against the discrete ν it models.
+against the discrete ν it models. Diagonal RMSProp uses ε = 0.1 · median |∂L/∂w_i(w₀)|
+(else a coordinate whose initial gradient is near zero sets the effective sharpness,
+hence η, alone).
 
     python benchmarks/rmsprop_alignment.py [--quick] [--out DIR]
 
@@ -211,6 +213,7 @@ def main():
     def add_row(config, lr, peak, mean, variant, stable, modified, nu=None, nu_k=None, gd=None):
         row = dict(zip(["problem", "optimizer", "beta2", "init"], config))
         row.update(
+            eps=f"{eps:.2g}" if config[1] == "rmsprop" else "0",
             lr=f"{lr:.4g}", peak_sharpness=f"{peak:.3f}", mean_sharpness=f"{mean:.3f}",
             variant=variant, stable_final=f"{stable[-1]:.4f}", stable_worst=f"{stable.max():.4f}",
             over_gd_peak="", over_gd_mean="", modified_final=f"{modified[-1]:.5f}",
@@ -233,14 +236,19 @@ def main():
         problem = build()
         w0 = problem.w0
         gd_cache, gd_lrs = {}, {}
+        # Diagonal RMSProp: ε = 0.1 · median |∂L/∂w_i(w₀)|, so that coordinates whose
+        # gradient is near zero do not set the effective sharpness (and η) alone.
+        eps = 0.1 * float(jnp.median(jnp.abs(gradient(problem.flat_loss)(w0))))
         for oname, (cls, library_cls) in optimizers.items():
             for beta2 in betas:
                 for iname in inits:
                     config = (pname, oname, beta2, iname)
+                    options = dict(beta2=beta2, eps=eps if oname == "rmsprop" else 0.0,
+                                   **INITS[iname])
 
-                    def make(lr, rate="(1-b)/b", lag=0.0, cls=cls, beta2=beta2, iname=iname):
-                        return cls(lr=jnp.asarray(lr), beta2=beta2, rate=RATES[rate](beta2),
-                                   lag=lag, **INITS[iname])
+                    def make(lr, rate="(1-b)/b", lag=0.0, cls=cls, options=options):
+                        rate = RATES[rate](options["beta2"])
+                        return cls(lr=jnp.asarray(lr), rate=rate, lag=lag, **options)
 
                     lr = tune_lr(problem, make, args.sharpness, steps, 0.01, every)
                     sharp = sharpness_along(problem, make(lr), steps, every)
@@ -264,7 +272,7 @@ def main():
                     disc = _discrete(problem, make(lr), steps)
                     nu_disc = disc["extras"]["nu"]
                     nu_before = make(lr).init(problem.flat_loss, w0)
-                    library = library_cls(lr=jnp.asarray(lr), beta2=beta2, **INITS[iname])
+                    library = library_cls(lr=jnp.asarray(lr), **options)
                     rules = [(name, make(lr, rate, lag), lag) for name, rate, lag in VARIANTS]
                     rules.append((LIBRARY, library, 0.5))
                     for vname, rule, lag in rules:

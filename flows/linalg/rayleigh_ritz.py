@@ -24,19 +24,34 @@ __all__ = ["BlockRayleighRitz", "block_rayleigh_ritz"]
 
 
 def _orthonormalize(block: Array, against: Array | None = None) -> Array:
-    """Orthonormal columns spanning ``block`` (minus its part in span(against)), twice
-    for stability (CholQR2-style repeated Gram–Schmidt)."""
+    """Orthonormal columns spanning ``block`` minus its part in span(against).
+
+    Gram-matrix orthonormalisation done twice (CholeskyQR2, with ``eigh`` so that a
+    rank-deficient block is safe): two small k×k eigendecompositions and a few n×k
+    products, much faster than a Householder QR of a tall matrix. Columns the block
+    does not really span come out as zero and are ignored by `_ritz`.
+    """
+    dtype = block.dtype
+    eps = np.finfo(dtype).eps
     for _ in range(2):
         if against is not None:
             block = block - against @ (against.T @ block)
-        block, _ = jnp.linalg.qr(block)
+        gram = block.T @ block
+        values, vectors = jnp.linalg.eigh(0.5 * (gram + gram.T))
+        floor = jnp.maximum(jnp.max(values), np.finfo(dtype).tiny) * eps * block.shape[1] * 10
+        scale = jnp.where(values > floor, 1 / jnp.sqrt(jnp.maximum(values, floor)), 0.0)
+        block = (block @ vectors) * scale
     return block
 
 
 def _ritz(basis: Array, image: Array, m: int) -> tuple[Array, Array, Array]:
-    """The top m Ritz pairs of A on span(basis), given ``image = A basis``."""
+    """The top m Ritz pairs of A on span(basis), given ``image = A basis``; zero columns
+    of the basis (see `_orthonormalize`) are pushed to the bottom of the spectrum."""
     small = basis.T @ image
-    values, coefficients = jnp.linalg.eigh(0.5 * (small + small.T))
+    small = 0.5 * (small + small.T)
+    empty = 1.0 - jnp.sum(basis * basis, axis=0)
+    penalty = 10 * (jnp.max(jnp.abs(small)) + 1.0) * jnp.clip(empty, 0.0, 1.0)
+    values, coefficients = jnp.linalg.eigh(small - jnp.diag(penalty))
     order = jnp.argsort(values)[::-1][:m]
     coefficients = coefficients[:, order]
     return values[order], basis @ coefficients, image @ coefficients

@@ -581,7 +581,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         del made_jump
         field = _unwrap(terms)
         f = field.problem.flat_loss
-        w0, s0, summary0 = y0
+        w0, s0, _ = y0
         geometry0, first = solver_state.geometry, solver_state.first
         h = t1 - t0
         a, c = (jnp.asarray(x, dtype=h.dtype) for x in TABLEAUS[self.method])
@@ -594,62 +594,47 @@ class CentralFlowSolver(diffrax.AbstractSolver):
                 lambda y_, k_: y_ + h * jnp.tensordot(weights, k_, axes=1), y, rates
             )
 
-        # Points 0 … 3 are the RK4 stages, point 4 the new point (first stage of the next
-        # step). One loop body, so the evaluation is compiled once.
-        def point(carry, i):
-            k_w, k_s, third0, geometry_end, summary = carry
-            end = i == last
+        def stage(carry, i):
+            k_w, k_s, third0 = carry
             t = t0 + c[i] * h
             w = advance(w0, k_w, a[i])
             state = advance(s0, k_s, a[i])
-            geometry = jax.lax.cond(
-                end,
-                lambda: field._refined_geometry(t, w, state, geometry0.vectors),
-                lambda: geometry0,
-            )
-
-            def cached():
-                return first, summary
 
             def fresh():
                 third = jax.lax.cond(
-                    (i == 0) | end | field.stage_third_derivatives,
-                    lambda: _active_third_derivatives(f, w, geometry.u, geometry.num_active),
+                    (i == 0) | field.stage_third_derivatives,
+                    lambda: _active_third_derivatives(
+                        f, w, geometry0.u, geometry0.num_active
+                    ),
                     lambda: third0,
                 )
                 start = jnp.where(i == 0, third, third0)
                 # U held at U₀: u_iᵀH(w)u_j to second order in w − w₀ (d/dw = g_ij).
-                taylor = curvature0 + 0.5 * jnp.einsum("ijn,n->ij", start + third, w - w0)
-                curvature = jnp.where(end, jnp.diag(geometry.values[:size]), taylor)
-                evaluation, report = field._evaluate(t, w, state, geometry, curvature, third)
-                new_summary = jax.lax.cond(
-                    end, lambda: field._summary(t, geometry, report), lambda: summary
-                )
-                return evaluation, new_summary
+                curvature = curvature0 + 0.5 * jnp.einsum("ijn,n->ij", start + third, w - w0)
+                return field._evaluate(t, w, state, geometry0, curvature, third)[0]
 
-            evaluation, summary = jax.lax.cond((i == 0) & solver_state.has_first, cached, fresh)
+            evaluation = jax.lax.cond(
+                (i == 0) & solver_state.has_first, lambda: first, fresh
+            )
             third0 = jnp.where(i == 0, evaluation.third, third0)
             k_w = k_w.at[i].set(evaluation.dw)
             k_s = _set(k_s, i, evaluation.ds)
-            geometry_end = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(end, new, old), geometry, geometry_end
-            )
-            return (k_w, k_s, third0, geometry_end, summary), evaluation
+            return (k_w, k_s, third0), None
 
-        num = a.shape[0]
-        k_w = jnp.zeros((num,) + w0.shape, w0.dtype)
+        stages = a.shape[0] - 1
+        k_w = jnp.zeros((stages + 1,) + w0.shape, w0.dtype)
         k_s = jax.tree_util.tree_map(
-            lambda x: jnp.zeros((num,) + jnp.shape(x), jnp.result_type(x)), s0
+            lambda x: jnp.zeros((stages + 1,) + jnp.shape(x), jnp.result_type(x)), s0
         )
-        carry = (k_w, k_s, first.third, geometry0, summary0)
-        (k_w, k_s, _, geometry1, summary1), evaluations = jax.lax.scan(
-            point, carry, jnp.arange(num)
-        )
+        (k_w, k_s, _), _ = jax.lax.scan(stage, (k_w, k_s, first.third), jnp.arange(stages))
+        # The new point: refined eigenvectors, its rates (the next step's first stage)
+        # and the report.
         w1 = advance(w0, k_w, a[last])
         s1 = advance(s0, k_s, a[last])
-        next_first = jax.tree_util.tree_map(lambda x: x[last], evaluations)
-        y1 = (w1, s1, summary1)
-        state1 = _SolverState(geometry1, next_first, jnp.asarray(True))
+        geometry1 = field._refined_geometry(t1, w1, s1, geometry0.vectors)
+        evaluation1, report = field._evaluate(t1, w1, s1, geometry1)
+        y1 = (w1, s1, field._summary(t1, geometry1, report))
+        state1 = _SolverState(geometry1, evaluation1, jnp.asarray(True))
         return y1, None, dict(y0=y0, y1=y1), state1, diffrax.RESULTS.successful
 
 

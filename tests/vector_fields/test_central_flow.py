@@ -1,0 +1,200 @@
+"""The central flow against independent truth: an analytic stationary point (one
+eigenvalue at the edge), an independent SDCP solve from dense linear algebra and scipy
+(two at the edge), RK4 gradient flow in the stable phase, and a tightly integrated run
+of the same vector field by a generic diffrax solver."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flows
+from flows.simulate import run_flow
+from flows.vector_fields.central_flow import TABLEAUS, CentralFlow, CentralFlowSolver
+from tests.helpers import tanh_mlp_problem
+from tests.linalg.test_sdcp import scipy_qp
+
+STEPS = 100
+EDGE_LR = 0.7  # the tiny network sharpens until one, then two eigenvalues reach 2/η
+STABLE_LR = 0.3
+
+
+def gd_rule(lr):
+    return flows.OPTIMIZERS["gd"](lr=jnp.asarray(lr))
+
+
+def rk4_gradient_flow(f, w, lr, steps, dt=1.0):
+    """Classic RK4 for dw/dτ = −η∇L, written out with jax.grad and numpy."""
+    grad = jax.jit(jax.grad(f))
+
+    def rate(w):
+        return -lr * np.asarray(grad(jnp.asarray(w)))
+
+    path = [np.asarray(w)]
+    for _ in range(steps):
+        w = path[-1]
+        k1 = rate(w)
+        k2 = rate(w + 0.5 * dt * k1)
+        k3 = rate(w + 0.5 * dt * k2)
+        k4 = rate(w + dt * k3)
+        path.append(w + dt * (k1 + 2 * k2 + 2 * k3 + k4) / 6)
+    return np.stack(path)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """A tiny tanh network, started where gradient flow (η = 0.7) is at τ = 15: past the
+    stiff initial transient (ηλ ≈ 1.8 at its initialization), below the edge."""
+    problem = tanh_mlp_problem(n_in=3, width=8, n_out=2, n_data=10, seed=0)
+    start = rk4_gradient_flow(problem.flat_loss, problem.w0, EDGE_LR, 60, dt=0.25)[-1]
+    return flows.Problem(problem.loss, problem.unravel(jnp.asarray(start)), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def runs(mlp):
+    """The default integrator, vmapped over two learning rates (one compilation)."""
+
+    @eqx.filter_jit
+    def sweep(lrs):
+        def one(lr):
+            return run_flow(CentralFlow(problem=mlp, rule=gd_rule(lr), num_tracked=3), STEPS, 1)
+
+        return jax.vmap(one)(lrs)
+
+    return sweep(jnp.asarray([EDGE_LR, STABLE_LR]))
+
+
+@pytest.fixture(scope="module")
+def edge_run(runs):
+    return jax.tree_util.tree_map(lambda x: x[0], runs)
+
+
+def test_enters_the_edge_with_two_eigenvalues_and_stays_on_it(edge_run):
+    extras = edge_run["extras"]
+    mu = np.asarray(extras["effective_eigenvalues"])  # eigenvalues of ηH
+    trace = np.asarray(extras["sigma_trace"])
+    first = np.argmax(mu[:, 0] > 1.999)
+    second = np.argmax(mu[:, 1] > 1.999)
+    assert mu[0, 0] < 1.9 and 20 < first < second < STEPS - 20
+    # Gradient flow until the edge: no oscillation (Σ = 0) before the approach, which
+    # the restoring term smooths over a few steps (κ = 1 per step).
+    approach = np.argmax(mu[:, 0] > 1.95)
+    assert first - approach < 10
+    np.testing.assert_array_equal(trace[:approach], 0.0)
+    assert np.all(trace[first + 1 :] > 0)
+    # Never above the edge once there (the restoring term), then two eigenvalues on it.
+    assert mu[first:, 0].max() < 2.0 + 1e-3 and mu[second:, 1].max() < 2.0 + 1e-3
+    np.testing.assert_allclose(mu[-20:, :2], 2.0, atol=1e-3)
+    assert np.all(np.asarray(extras["num_at_edge"])[-20:] == 2)
+    sigma = np.asarray(extras["sigma_eigenvalues"])[-1]
+    assert sigma[0] > 0 and sigma[1] > 0 and abs(sigma[2]) < 1e-12
+    np.testing.assert_allclose(extras["sigma_trace"][-1], sigma.sum(), rtol=1e-8)
+    # E[L] ≈ L + tr(Σ)/η and E‖g‖² ≈ ‖g‖² + (4/η²) tr Σ at the edge (GD).
+    np.testing.assert_allclose(
+        extras["predicted_loss"][-1],
+        edge_run["loss"][-1] + extras["sigma_trace"][-1] / EDGE_LR,
+        rtol=1e-3,
+    )
+    np.testing.assert_allclose(
+        extras["predicted_grad_norm_sq"][-1],
+        extras["grad_norm_sq"][-1] + 4 / EDGE_LR**2 * extras["sigma_trace"][-1],
+        rtol=1e-10,
+    )
+    assert np.all(np.asarray(extras["sdcp_residual"]) < 1e-8)
+    assert int(edge_run["status_code"]) == 0
+
+
+def test_stable_phase_is_runge_kutta_gradient_flow(mlp, runs):
+    # Below the edge X = 0: the flow is gradient flow, integrated by classic RK4 with
+    # step 1 (here in the second lane of the vmapped run).
+    out = jax.tree_util.tree_map(lambda x: x[1], runs)
+    expected = rk4_gradient_flow(mlp.flat_loss, mlp.w0, STABLE_LR, STEPS)
+    np.testing.assert_allclose(out["params"], expected, rtol=1e-9, atol=1e-11)
+    np.testing.assert_array_equal(out["extras"]["sigma_trace"], 0.0)
+    np.testing.assert_allclose(out["extras"]["predicted_loss"], out["loss"], rtol=1e-12)
+    assert out["extras"]["effective_eigenvalues"][:, 0].max() < 1.9
+
+
+def test_toy_valley_stationary_point_is_analytic():
+    """L(x, y) = −c x + ½(1 + x²) y²: the sharpness 1 + x² grows with x, the central flow
+    stops at 1 + x*² = 2/η, y = 0, with σ² = 2⟨−g, ∇S⟩/‖∇S‖² = c/x*."""
+    c, lr = 0.1, 0.5
+
+    def loss(params):
+        x, y = params["x"], params["y"]
+        return -c * x + 0.5 * (1 + x**2) * y**2
+
+    problem = flows.Problem(loss, {"x": jnp.asarray(0.5), "y": jnp.asarray(0.3)}, name="valley")
+    run = flows.simulate(problem, "central_flow", lr=lr, steps=120, num_tracked=1)
+    x_star = np.sqrt(2 / lr - 1)
+    np.testing.assert_allclose(run.params[-1], [x_star, 0.0], atol=1e-9)
+    np.testing.assert_allclose(run.eigenvalues[-1, 0], 2 / lr, rtol=1e-9)
+    np.testing.assert_allclose(run.extras["sigma_eigenvalues"][-1, 0], c / x_star, rtol=1e-8)
+    np.testing.assert_allclose(
+        run.extras["predicted_loss"][-1], -c * x_star + 2 * c / x_star, rtol=1e-8
+    )
+    assert run.status == "ok" and run.eigenvalues.shape == (121, 1)
+
+
+def dense_edge_reference(f, w, lr, k):
+    """dw/dτ = −η(g + ½Σ X_ij g_ij) from dense linear algebra and scipy (κ = 0)."""
+    w = jnp.asarray(w)
+    g = np.asarray(jax.grad(f)(w))
+    values, vectors = np.linalg.eigh(np.asarray(jax.hessian(f)(w)))
+    u = np.sqrt(lr) * vectors[:, ::-1][:, :k]
+    third = np.asarray(jax.jit(jax.jacfwd(jax.hessian(f)))(w))  # T_abc = ∂³L/∂a∂b∂c
+    g_ij = np.einsum("abc,ai,bj->ijc", third, u, u)
+    alpha = lr * np.einsum("ijn,n->ij", g_ij, g)
+    beta = 0.5 * lr * np.einsum("ijn,kln->ijkl", g_ij, g_ij)
+    x, _ = scipy_qp(alpha, beta) if k > 1 else (np.maximum(0, -alpha / beta[0, 0]), None)
+    return -lr * (g + 0.5 * np.einsum("ij,ijn->n", x, g_ij)), g_ij, lr * values[::-1][:k]
+
+
+def test_two_eigenvalues_match_an_independent_sdcp_solve(mlp, edge_run):
+    f = mlp.flat_loss
+    w = edge_run["params"][-1]  # both eigenvalues on the edge
+    field = CentralFlow(
+        problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=2, edge_margin=10.0,
+        restoring_rate=0.0, eigensolver=flows.DenseEigh(),
+    )
+    y = (w, None, field.initial_state()[2])
+    dw = np.asarray(eqx.filter_jit(lambda fl, y: fl(jnp.asarray(0.0), y, None))(field, y)[0])
+    expected, g_ij, mu = dense_edge_reference(f, w, EDGE_LR, 2)
+    np.testing.assert_allclose(mu, 2.0, atol=2e-3)
+    np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+    # The flow raises neither edge eigenvalue: d(u_iᵀHu_i)/dτ = ⟨g_ii, dw⟩ ≥ 0 ⇒ ≤ 0.
+    rates = np.einsum("iin,n->i", g_ij, dw)
+    assert np.all(rates <= 1e-7 * np.abs(g_ij).max() * np.abs(dw).max())
+
+
+def test_default_integrator_matches_a_tight_generic_integration(mlp, edge_run):
+    # The same vector field, eigenpairs recomputed from scratch at every evaluation, by
+    # adaptive Tsit5 at tight tolerances: the fast solver adds (almost) nothing.
+    steps = 60  # through the entries of the first and of the second eigenvalue
+    field = CentralFlow(
+        problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=3, eigensolver=flows.DenseEigh()
+    )
+    tight = eqx.filter_jit(
+        lambda fl: run_flow(fl, steps, 1, solver=diffrax.Tsit5(), rtol=1e-9, atol=1e-11)
+    )(field)
+    fast = edge_run["params"][: steps + 1]
+    displacement = np.linalg.norm(tight["params"] - tight["params"][0], axis=1)
+    error = np.linalg.norm(fast - tight["params"], axis=1)
+    assert np.all(error[1:] <= 2e-3 * displacement[1:])
+    # A generic solver does not refresh the report: NaN after the start, not stale values.
+    assert np.isfinite(tight["extras"]["predicted_loss"][0])
+    assert np.all(np.isnan(tight["extras"]["predicted_loss"][1:]))
+
+
+def test_bad_options_are_rejected(mlp):
+    with pytest.raises(ValueError, match="num_tracked"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=0)
+    with pytest.raises(ValueError, match="max_edge"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=2, max_edge=3)
+    with pytest.raises(ValueError, match="method"):
+        CentralFlowSolver(method="rk9")
+    assert set(TABLEAUS) == {"euler", "heun", "rk3", "rk4"}
+    with pytest.raises(ValueError, match="restoring"):
+        flows.simulate(mlp, "central_flow", lr=0.1, steps=2, restoring=1.0)

@@ -1,0 +1,202 @@
+"""The principal flow: exact on quadratics (GD at every integer step, in every regime),
+closer to GD than gradient and modified flows on toys and a small MLP, dense = Lanczos.
+
+Truth: numpy matrix powers and eigendecompositions for quadratics, and GD itself.
+Flows are run through one jitted `run_flow` so problems with the same structure share
+a compilation (the learning rate is an array).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flows
+from flows.optimizers import GD
+from flows.vector_fields import GradientFlow, ModifiedFlow, PrincipalFlow
+from flows.vector_fields.principal_flow import AUTO_DENSE_MAX_PARAMS
+from tests.helpers import quadratic_problem, tanh_mlp_problem
+
+run_flow = eqx.filter_jit(flows.run_flow)
+run_discrete = eqx.filter_jit(flows.run_discrete)
+
+TIGHT = {"rtol": 1e-11, "atol": 1e-13}
+
+# ηλ for η = 1: a saddle direction, monotone and oscillating convergence, divergence.
+QUADRATIC_EIGENVALUES = [-0.4, 0.3, 0.8, 1.4, 1.9, 2.3, 3.0]
+
+
+def gd_on_quadratic(h, w0, lr, steps):
+    step = np.eye(len(w0)) - lr * h
+    return np.stack([np.linalg.matrix_power(step, k) @ w0 for k in range(steps + 1)])
+
+
+def test_principal_flow_is_gd_at_every_step_on_a_quadratic():
+    problem, h, w0 = quadratic_problem(QUADRATIC_EIGENVALUES, seed=3)
+    lr, steps = 1.0, 14
+    gd = gd_on_quadratic(h, w0, lr, steps)
+    run = flows.simulate(
+        problem, "principal_flow", lr=lr, steps=steps, divergence_factor=1e4, **TIGHT
+    )
+    # The ηλ = 3 direction grows like 2^k: both runs cross the divergence threshold at
+    # the same step, and agree to 1e-9 relative up to there.
+    loss_gd = 0.5 * np.einsum("ki,ij,kj->k", gd, h, gd)
+    threshold = 1e4 * (1 + abs(loss_gd[0]))
+    gd_stop = int(np.argmax(np.abs(loss_gd) > threshold))
+    assert 5 < gd_stop < steps
+    assert run.status == f"diverged at step {gd_stop}"
+    reached = slice(0, gd_stop)
+    error = np.linalg.norm(run.params[reached] - gd[reached], axis=1)
+    assert np.all(error <= 1e-9 * np.linalg.norm(gd[reached], axis=1)), error
+    # Between steps the state is complex; at integer steps it is real again.
+    assert np.all(run.extras["max_imag"][reached] < 1e-8 * np.linalg.norm(gd[reached], axis=1))
+
+
+# Two toys in one polynomial family (one compilation for both):
+# L(u, v) = c₀u²v² + c₁v² + c₂uv + c₃.
+VALLEY = (1.0, 1.0, 0.0, 0.0)  # (1 + x²) y²
+SCALAR_PRODUCT = (0.5, 0.0, -1.0, 0.5)  # ½(ab − 1)²
+
+
+def _toy_loss(coefficients, params):
+    u, v = params["u"], params["v"]
+    c = coefficients
+    return c[0] * u * u * v * v + c[1] * v * v + c[2] * u * v + c[3]
+
+
+def toy(coefficients, u, v):
+    params = {"u": jnp.asarray(u, jnp.float64), "v": jnp.asarray(v, jnp.float64)}
+    return flows.Problem(jax.tree_util.Partial(_toy_loss, jnp.asarray(coefficients)), params)
+
+
+def test_toy_family_is_the_zoo_toys():
+    rng = np.random.default_rng(0)
+    for u, v in rng.standard_normal((3, 2)):
+        valley = flows.problems.valley(x=u, y=v)
+        product = flows.problems.scalar_product(a=u, b=v)
+        np.testing.assert_allclose(toy(VALLEY, u, v).flat_loss(jnp.asarray([u, v])),
+                                   valley.flat_loss(valley.w0), rtol=1e-14)
+        np.testing.assert_allclose(toy(SCALAR_PRODUCT, u, v).flat_loss(jnp.asarray([u, v])),
+                                   product.flat_loss(product.w0), rtol=1e-14)
+
+
+TOY_OPTIONS = {"divergence_factor": 10.0}
+FLOW_OPTIONS = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 4000, "divergence_factor": 10.0}
+
+
+def distances_to_gd(problem, lr, steps, flow_classes, **flow_options):
+    rule = GD(lr=jnp.asarray(lr))
+    gd = run_discrete(problem, rule, steps, **TOY_OPTIONS)
+    out = {}
+    for cls in flow_classes:
+        run = run_flow(cls(problem=problem, rule=rule, **flow_options), steps, **FLOW_OPTIONS)
+        assert int(run["status_code"]) == 0
+        out[cls.__name__] = np.max(np.linalg.norm(run["params"] - gd["params"], axis=1))
+        out[cls.__name__ + ".max_imag"] = float(np.max(run["extras"].get("max_imag", 0.0)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "coefficients, start", [(VALLEY, (1.0, 0.1)), (SCALAR_PRODUCT, (0.5, 3.0))]
+)
+def test_principal_flow_is_closer_to_gd_than_gradient_and_modified_flow_on_toys(
+    coefficients, start
+):
+    problem = toy(coefficients, *start)
+    lr = 1.5 / float(flows.sharpness(problem.flat_loss, problem.w0))  # ηλ_max = 1.5
+    d = distances_to_gd(problem, lr, 20, [GradientFlow, ModifiedFlow, PrincipalFlow])
+    assert d["PrincipalFlow"] <= 0.1 * d["GradientFlow"], d
+    assert d["PrincipalFlow"] < d["ModifiedFlow"], d
+    assert d["PrincipalFlow.max_imag"] > 1e-4  # GD oscillates: the flow went complex
+
+
+def test_state_stays_real_below_one_over_eta():
+    problem = toy(VALLEY, 1.0, 0.1)
+    lr = 0.8 / float(flows.sharpness(problem.flat_loss, problem.w0))
+    d = distances_to_gd(problem, lr, 20, [PrincipalFlow])
+    assert d["PrincipalFlow.max_imag"] == 0.0
+
+
+def test_principal_flow_diverges_where_gd_diverges_on_a_toy():
+    problem = toy(VALLEY, 0.1, 0.1)
+    rule = GD(lr=jnp.asarray(4.0 / float(flows.sharpness(problem.flat_loss, problem.w0))))
+    gd = run_discrete(problem, rule, 20, **TOY_OPTIONS)
+    pf = run_flow(PrincipalFlow(problem=problem, rule=rule), 20, **FLOW_OPTIONS)
+    assert int(gd["status_code"]) == int(pf["status_code"]) == 1  # diverged
+    assert int(pf["stopped_at"]) == int(gd["stopped_at"])
+    stop = int(gd["stopped_at"])
+    np.testing.assert_allclose(pf["loss"][:stop], gd["loss"][:stop], rtol=0.05)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    """A tiny tanh MLP (30 parameters) after 50 GD steps, where ηλ_max = 1.5 is stable."""
+    problem = tanh_mlp_problem()
+    start = run_discrete(problem, GD(lr=jnp.asarray(0.4)), 50)["params"][-1]
+    problem = flows.Problem(problem.loss, problem.unravel(start), name="tiny_mlp")
+    lr = 1.5 / float(flows.sharpness(problem.flat_loss, problem.w0))
+    return problem, lr
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(trained_mlp):
+    problem, lr = trained_mlp
+    rule = GD(lr=jnp.asarray(lr))
+    steps = 50
+    runs = {"gd": run_discrete(problem, rule, steps)}
+    fields = {
+        "gradient_flow": GradientFlow(problem=problem, rule=rule),
+        "modified_flow": ModifiedFlow(problem=problem, rule=rule),
+        "dense": PrincipalFlow(problem=problem, rule=rule, path="dense"),
+        "lanczos": PrincipalFlow(problem=problem, rule=rule, path="lanczos", num_matvecs=16),
+    }
+    for name, field in fields.items():
+        runs[name] = run_flow(field, steps, rtol=1e-8, atol=1e-10, max_steps=4000)
+        assert int(runs[name]["status_code"]) == 0
+    return runs
+
+
+def test_principal_flow_is_closer_to_gd_on_a_small_mlp(mlp_runs):
+    gd = mlp_runs["gd"]["params"][:21]
+    d = {k: np.max(np.linalg.norm(mlp_runs[k]["params"][:21] - gd, axis=1)) for k in mlp_runs}
+    assert d["dense"] <= 0.1 * d["gradient_flow"], d
+    assert d["dense"] < d["modified_flow"], d
+    assert np.max(mlp_runs["dense"]["extras"]["max_imag"]) > 0
+
+
+def test_lanczos_path_agrees_with_dense_path_over_50_steps(mlp_runs):
+    dense, lanczos = mlp_runs["dense"]["params"], mlp_runs["lanczos"]["params"]
+    error = np.linalg.norm(lanczos - dense, axis=1) / np.linalg.norm(dense, axis=1)
+    assert np.max(error) < 1e-5, error
+
+
+def test_simulate_passes_the_flow_options():
+    problem = tanh_mlp_problem()
+    field = flows.make_method(
+        problem, "principal_flow", 0.1, options={"path": "lanczos", "num_matvecs": 7}
+    )
+    assert isinstance(field, PrincipalFlow)
+    assert (field.path, field.num_matvecs) == ("lanczos", 7)
+    assert {"path", "num_matvecs"} <= flows.methods.method_options("principal_flow")
+
+
+def test_the_flow_models_gd_only():
+    problem = tanh_mlp_problem()
+    with pytest.raises(ValueError, match="gradient descent only"):
+        flows.make_method(problem, "principal_flow", 0.1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="path"):
+        flows.make_method(problem, "principal_flow", 0.1, options={"path": "exact"})
+    with pytest.raises(ValueError, match="num_matvecs"):
+        flows.make_method(problem, "principal_flow", 0.1, options={"num_matvecs": 0})
+
+
+def test_path_is_chosen_by_size_and_dense_refuses_large_models():
+    small = flows.Problem(lambda w: jnp.sum(w**2), jnp.zeros(AUTO_DENSE_MAX_PARAMS))
+    large = flows.Problem(lambda w: jnp.sum(w**2), jnp.zeros(50_000))
+    rule = GD(lr=jnp.asarray(0.1))
+    assert PrincipalFlow(problem=small, rule=rule).resolved_path == "dense"
+    assert PrincipalFlow(problem=large, rule=rule).resolved_path == "lanczos"
+    assert PrincipalFlow(problem=small, rule=rule, path="lanczos").resolved_path == "lanczos"
+    with pytest.raises(ValueError, match="path='lanczos'"):
+        PrincipalFlow(problem=large, rule=rule, path="dense")
