@@ -338,9 +338,9 @@ class CentralFlow(VectorField):
     max_edge: int | None = eqx.field(static=True, default=None)
     edge_margin: float = 0.1
     restoring_rate: float = 1.0
-    guard: int = eqx.field(static=True, default=2)
+    guard: int = eqx.field(static=True, default=0)
     refine_iterations: int = eqx.field(static=True, default=1)
-    stage_third_derivatives: bool = eqx.field(static=True, default=True)
+    stage_third_derivatives: bool = eqx.field(static=True, default=False)
     eigensolver: EigenSolver | None = None
 
     def __check_init__(self):
