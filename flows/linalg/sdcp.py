@@ -95,7 +95,8 @@ def _projection_jacobian(values: Array, vectors: Array, basis: Array) -> Array:
     both = (values[:, None] > 0) & (values[None, :] > 0)
     mixed = (values[:, None] > 0) != (values[None, :] > 0)
     safe_gap = jnp.where(mixed, gap, 1.0)
-    omega = jnp.where(both, 1.0, jnp.where(mixed, (positive[:, None] - positive[None, :]) / safe_gap, 0.0))
+    gap_ratio = (positive[:, None] - positive[None, :]) / safe_gap
+    omega = jnp.where(both, 1.0, jnp.where(mixed, gap_ratio, 0.0))
     rotated = jnp.einsum("ia,qij,jb->qab", vectors, basis, vectors)
     return jnp.einsum("pab,ab,qab->pq", rotated, omega, rotated)
 

@@ -16,7 +16,8 @@ ds/dτ, the machinery here does the rest); for GD ``P⁻¹ = η`` and there is n
 eigenvectors ``U = P^{-1/2} V`` (``UᵀPU = I``) and ``Σ = U X Uᵀ`` with X ⪰ 0 a k×k matrix,
 the stability matrix ``A = Uᵀ(2P − H)U`` (= ``diag(2 − μ)``) moves, with U frozen, as
 
-    dA/dτ = a₀ + β[X],    a₀_ij = 2u_iᵀṖ₀u_j − ⟨g_ij, ẇ₀⟩,   β[X]_ij = Σ_kl X_kl(2u_iᵀṖ_klu_j − ⟨g_ij, ẇ_kl⟩),
+    dA/dτ = a₀ + β[X],    a₀_ij = 2u_iᵀṖ₀u_j − ⟨g_ij, ẇ₀⟩,
+    β[X]_ij = Σ_kl X_kl(2u_iᵀṖ_klu_j − ⟨g_ij, ẇ_kl⟩),
 
 where ``g_ij = ∇_w(u_iᵀH u_j)``, ``ẇ₀ = −P⁻¹g``, ``ẇ_kl = −½P⁻¹g_kl``, and Ṗ is the
 rate of P through the rule's state and its dependence on X (for GD, Ṗ = 0 and
@@ -143,7 +144,8 @@ def _solve_active(alpha: Array, beta: Array, num_active: Int[Array, ""]):
     def scalar():
         curvature = beta[0, 0, 0, 0]
         safe = jnp.where(curvature > 0, curvature, 1.0)
-        x11 = jnp.where((num_active > 0) & (curvature > 0), jnp.maximum(0.0, -alpha[0, 0] / safe), 0.0)
+        active = (num_active > 0) & (curvature > 0)
+        x11 = jnp.where(active, jnp.maximum(0.0, -alpha[0, 0] / safe), 0.0)
         return jnp.zeros((k, k), alpha.dtype).at[0, 0].set(x11), jnp.zeros((), alpha.dtype)
 
     def block():
@@ -474,7 +476,8 @@ class CentralFlow(VectorField):
         is 2/η), ``effective_eigenvalues`` those of P⁻¹H (edge at 2); ``sigma_*`` are the
         eigenvalues and trace of Σ; ``predicted_loss = L + ½⟨Σ, H⟩`` and
         ``predicted_grad_norm_sq = ‖g‖² + 4 Σ_i P_i² Σ_ii`` predict GD's time-averaged
-        loss and squared gradient norm. NaN where `CentralFlowSolver` did not fill them in (other solvers).
+        loss and squared gradient norm. NaN where `CentralFlowSolver` did not fill them in
+        (other solvers).
         """
         summary = y[2]
         fresh = jnp.abs(summary.time - t) <= 1e-3 * (1 + jnp.abs(t))
