@@ -214,10 +214,18 @@ def main():
         row = dict(zip(["problem", "optimizer", "beta2", "init"], config))
         row.update(
             eps=f"{eps:.2g}" if config[1] == "rmsprop" else "0",
-            lr=f"{lr:.4g}", peak_sharpness=f"{peak:.3f}", mean_sharpness=f"{mean:.3f}",
-            variant=variant, stable_final=f"{stable[-1]:.4f}", stable_worst=f"{stable.max():.4f}",
-            over_gd_peak="", over_gd_mean="", modified_final=f"{modified[-1]:.5f}",
-            nu_err_max="", nu_err_final="", nu_k_err_max="",
+            lr=f"{lr:.4g}",
+            peak_sharpness=f"{peak:.3f}",
+            mean_sharpness=f"{mean:.3f}",
+            variant=variant,
+            stable_final=f"{stable[-1]:.4f}",
+            stable_worst=f"{stable.max():.4f}",
+            over_gd_peak="",
+            over_gd_mean="",
+            modified_final=f"{modified[-1]:.5f}",
+            nu_err_max="",
+            nu_err_final="",
+            nu_k_err_max="",
         )
         if gd is not None:
             row.update(
@@ -226,7 +234,8 @@ def main():
             )
         if nu is not None:
             row.update(
-                nu_err_max=f"{nu.max():.4f}", nu_err_final=f"{nu[-1]:.4f}",
+                nu_err_max=f"{nu.max():.4f}",
+                nu_err_final=f"{nu[-1]:.4f}",
                 nu_k_err_max=f"{nu_k.max():.4f}",
             )
         rows.append(row)
@@ -243,8 +252,9 @@ def main():
             for beta2 in betas:
                 for iname in inits:
                     config = (pname, oname, beta2, iname)
-                    options = dict(beta2=beta2, eps=eps if oname == "rmsprop" else 0.0,
-                                   **INITS[iname])
+                    options = dict(
+                        beta2=beta2, eps=eps if oname == "rmsprop" else 0.0, **INITS[iname]
+                    )
 
                     def make(lr, rate="(1-b)/b", lag=0.0, cls=cls, options=options):
                         rate = RATES[rate](options["beta2"])
@@ -325,7 +335,7 @@ def plot(curves, path, ylabel):
         ax.set_title(" ".join(str(c) for c in config), fontsize=8)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=7)
-    for ax in list(axes.flat)[len(configs):]:
+    for ax in list(axes.flat)[len(configs) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()

@@ -158,8 +158,9 @@ def test_stable_flow_tracks_rmsprop_as_gradient_flow_tracks_gd(case):
     gd_run = _discrete(problem, gd)
     gd_sharp = _effective_sharpness(problem, gd, gd_run["params"], None)
     np.testing.assert_allclose(gd_sharp.mean(), sharp.mean(), rtol=0.05)
-    gd_gap = _relative_distance(gd_run["params"], _flow(GradientFlow(problem, gd))["params"],
-                                problem.w0)
+    gd_gap = _relative_distance(
+        gd_run["params"], _flow(GradientFlow(problem, gd))["params"], problem.w0
+    )
     gap = _relative_distance(disc["params"], flow["params"], problem.w0)
     # Measured: 0.36× (scalar) and 0.91× (diagonal) of gradient flow's gap to GD.
     assert gap < 1.5 * gd_gap, (gap, gd_gap)
@@ -210,15 +211,18 @@ def test_flow_from_zeros_with_bias_correction_starts_half_a_step_back():
     for k in range(3):
         np.testing.assert_allclose(
             rule.step_preconditioner(k, nus[k], f, w0, w0),
-            lr / np.sqrt(nus[k] / (1 - beta2 ** (k + 1))), rtol=1e-12,
+            lr / np.sqrt(nus[k] / (1 - beta2 ** (k + 1))),
+            rtol=1e-12,
         )
     g0 = np.asarray(jax.grad(f)(w0))
     np.testing.assert_allclose(
         rule.preconditioner(0.0, initial_optimizer_state(rule, problem), f, w0, w0),
-        lr / np.linalg.norm(g0), rtol=1e-12,
+        lr / np.linalg.norm(g0),
+        rtol=1e-12,
     )
-    gap = _relative_distance(disc["params"], _flow(GradientFlow(problem, rule))["params"],
-                             problem.w0)
+    gap = _relative_distance(
+        disc["params"], _flow(GradientFlow(problem, rule))["params"], problem.w0
+    )
     for rate in [(1 - beta2) / beta2, 1 - beta2]:
         wrong = _NuKScalarRMSProp(lr=jnp.asarray(lr), rate=rate, **options)
         wrong_gap = _relative_distance(
