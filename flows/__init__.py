@@ -22,7 +22,7 @@ from .linalg import (
 )
 from .methods import FLOWS, OPTIMIZERS, available_methods, make_method
 from .problem import Problem
-from .simulate import run_discrete, run_flow, simulate, track_eigenpairs
+from .simulate import run_discrete, run_flow, run_method, simulate, track_eigenpairs
 from .sweep import sweep
 from .trajectory import Trajectory
 from .vector_fields import CentralFlow, PrincipalFlow
@@ -38,6 +38,7 @@ __all__ = [
     "MethodSpec",
     "run_discrete",
     "run_flow",
+    "run_method",
     "track_eigenpairs",
     "available_methods",
     "make_method",

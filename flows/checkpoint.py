@@ -42,7 +42,7 @@ from .linalg.eigen import EigenSolver
 from .methods import is_flow, make_method
 from .problem import Problem
 from .results import RunDirectory, concatenate_chunks
-from .simulate import run_discrete, run_flow, track_eigenpairs
+from .simulate import run_method, track_eigenpairs
 from .trajectory import STATUS_OK, Trajectory, status_text
 
 __all__ = [
@@ -182,14 +182,9 @@ class _Member:
         spec = self.spec
 
         def core(problem, built, carry):
-            if self.flow:
-                return run_flow(
-                    built, length, self.save_every, solver=spec.solver, rtol=spec.rtol,
-                    atol=spec.atol, dt0=spec.dt0, max_steps=spec.max_steps,
-                    divergence_factor=self.divergence_factor, start=carry,
-                )
-            return run_discrete(
-                problem, built, length, self.save_every,
+            return run_method(
+                problem, built, length, self.save_every, solver=spec.solver, rtol=spec.rtol,
+                atol=spec.atol, dt0=spec.dt0, max_steps=spec.max_steps,
                 divergence_factor=self.divergence_factor, start=carry,
             )
 

@@ -201,12 +201,16 @@ def track_trajectory(
 
     The eigenvalues are those of ``P⁻¹H`` (the effective sharpness) if the trajectory
     carries ``extras["p_inv"]`` (``simulate(..., effective_sharpness=True)``) or if the
-    update ``rule`` that produced it is given (`preconditioner_series`); otherwise of H.
+    update ``rule`` that produced it is given (`preconditioner_series`, discrete or flow
+    according to ``trajectory.method``); otherwise of H.
     """
+    from .methods import is_flow  # methods builds on the vector fields, not on this module
+
     preconditioner = trajectory.extras.get("p_inv")
     if preconditioner is None and rule is not None:
         preconditioner = preconditioner_series(
-            problem, rule, trajectory.steps, trajectory.params, trajectory.extras
+            problem, rule, trajectory.steps, trajectory.params, trajectory.extras,
+            discrete=not is_flow(trajectory.method),
         )
     return track(
         problem,
@@ -250,25 +254,33 @@ def preconditioner_series(
     steps: Int[Array, " T"],
     params: Float[Array, "T n"],
     extras: dict[str, Array] | None = None,
+    *,
+    discrete: bool = True,
 ) -> Float[Array, "T ..."]:
     """``P_k⁻¹`` at every saved row: the inverse preconditioner step k uses,
     ``w_{k+1} = w_k − P_k⁻¹ g_k``.
 
     Rebuilt from ``w_k`` and the optimizer state s_k the run saved in its ``extras``
-    (RMSProp's ``ν_k``, which already includes ``g_k``); stateless rules need only
-    ``w_k``. Shape (T,) for scalar rules, (T, n) for diagonal ones. Rows after a
-    divergence are NaN.
+    (RMSProp's ``ν_k``, which already includes ``g_k``) by `UpdateRule.step_preconditioner`;
+    stateless rules need only ``w_k``. For a flow (``discrete=False``) the rows are
+    ``P⁻¹(τ)`` from its state s(τ) at τ = k (`UpdateRule.preconditioner`): RMSProp's ν(τ)
+    models ν_{τ−½}, so the two differ by half a step (and by the bias-correction count,
+    k + 1 against τ + ½, a factor up to √2 in the first steps). Shape (T,) for scalar
+    rules, (T, n) for diagonal ones. Rows after a divergence are NaN.
     """
     states = _saved_states(problem, rule, extras)
-    return _preconditioner_series(problem, rule, jnp.asarray(steps), jnp.asarray(params), states)
+    return _preconditioner_series(
+        problem, rule, jnp.asarray(steps), jnp.asarray(params), states, discrete
+    )
 
 
 @eqx.filter_jit
-def _preconditioner_series(problem, rule, steps, params, states):
+def _preconditioner_series(problem, rule, steps, params, states, discrete):
     f = problem.flat_loss
+    at = rule.step_preconditioner if discrete else rule.preconditioner
 
     def one(step, w, state):
-        return rule.preconditioner(step, state, f, w, gradient(f)(w))
+        return at(step, state, f, w, gradient(f)(w))
 
     return jax.vmap(one, in_axes=(0, 0, None if states is None else 0))(steps, params, states)
 
@@ -301,14 +313,18 @@ def tracked_eigenvalues(
     every: int = 1,
     midpoint: bool = False,
     effective: bool = False,
+    discrete: bool = True,
     solver: EigenSolver | None = None,
 ) -> tuple[Float[Array, "T k"], Array | None]:
     """The eigenvalue series `simulate` reports for a run's ``output`` dict: (T, k), NaN
-    at the rows not tracked, and the ``P⁻¹`` series if ``effective`` (else None)."""
+    at the rows not tracked, and the ``P⁻¹`` series if ``effective`` (else None), of a
+    discrete run or (``discrete=False``) of a flow (`preconditioner_series`)."""
     params, steps = output["params"], output["steps"]
     p_inv = None
     if effective:
-        p_inv = preconditioner_series(problem, rule, steps, params, output.get("extras"))
+        p_inv = preconditioner_series(
+            problem, rule, steps, params, output.get("extras"), discrete=discrete
+        )
     tracked = track(
         problem, params, k, steps=steps, every=every, midpoint=midpoint,
         preconditioner=p_inv, solver=solver,

@@ -35,6 +35,7 @@ __all__ = [
     "simulate",
     "run_discrete",
     "run_flow",
+    "run_method",
     "track_eigenpairs",
     "divergence_threshold",
     "first_divergence",
@@ -298,6 +299,35 @@ def _timed(fn, *args):
     return output, compiled_at - start, time.perf_counter() - compiled_at
 
 
+def run_method(
+    problem: Problem,
+    method: UpdateRule | VectorField,
+    steps: int,
+    save_every: int = 1,
+    *,
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    dt0: float | None = None,
+    max_steps: int | None = None,
+    divergence_factor: float = 1e6,
+    progress: bool = False,
+    start: tuple | None = None,
+) -> dict[str, Array]:
+    """`run_flow` for a vector field, `run_discrete` for an update rule (as built by
+    `flows.make_method`); the integrator's options are ignored for a discrete method."""
+    if isinstance(method, VectorField):
+        return run_flow(
+            method, steps, save_every, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+            max_steps=max_steps, divergence_factor=divergence_factor, progress=progress,
+            start=start,
+        )
+    return run_discrete(
+        problem, method, steps, save_every, divergence_factor=divergence_factor,
+        progress=progress, start=start,
+    )
+
+
 def simulate(
     problem: Problem,
     method: str,
@@ -385,21 +415,11 @@ def simulate(
             divergence_factor=divergence_factor, progress=progress, options=options,
         )
 
-    if is_flow(method):
-
-        def core(field):
-            return run_flow(
-                field, steps, save_every, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                max_steps=max_steps, divergence_factor=divergence_factor, progress=progress,
-            )
-
-    else:
-
-        def core(rule):
-            return run_discrete(
-                problem, rule, steps, save_every,
-                divergence_factor=divergence_factor, progress=progress,
-            )
+    def core(built):
+        return run_method(
+            problem, built, steps, save_every, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+            max_steps=max_steps, divergence_factor=divergence_factor, progress=progress,
+        )
 
     with progress_bar(steps, method, enabled=progress and not is_flow(method)):
         output, compile_time, wall_time = _timed(core, built)
@@ -409,7 +429,7 @@ def simulate(
         eigenvalues, p_inv = tracked_eigenvalues(
             problem, built.rule if is_flow(method) else built, output, num_eigenvalues,
             every=eigen_rows, midpoint=midpoint, effective=effective_sharpness,
-            solver=eigensolver,
+            discrete=not is_flow(method), solver=eigensolver,
         )
         if p_inv is not None:
             extras["p_inv"] = p_inv

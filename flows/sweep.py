@@ -46,7 +46,7 @@ from .linalg.eigen import EigenSolver
 from .methods import is_flow, make_method
 from .problem import Problem
 from .progress import progress_bar
-from .simulate import _check_positive_int, check_lr, run_discrete, run_flow, track_eigenpairs
+from .simulate import _check_positive_int, check_lr, run_method, track_eigenpairs
 from .trajectory import Trajectory
 
 __all__ = ["sweep", "sweep_mesh", "SWEEP_AXIS"]
@@ -94,17 +94,11 @@ class _Setup(eqx.Module):
 def _run_member(setup: _Setup, options: dict, problem: Problem, lr: Array) -> dict[str, Array]:
     """One member: exactly what `simulate` computes for ``(problem, lr)``."""
     built = make_method(problem, setup.method, lr, optimizer=setup.optimizer, options=options)
-    if is_flow(setup.method):
-        output = run_flow(
-            built, setup.steps, setup.save_every, solver=setup.solver, rtol=setup.rtol,
-            atol=setup.atol, dt0=setup.dt0, max_steps=setup.max_steps,
-            divergence_factor=setup.divergence_factor, progress=setup.progress,
-        )
-    else:
-        output = run_discrete(
-            problem, built, setup.steps, setup.save_every,
-            divergence_factor=setup.divergence_factor, progress=setup.progress,
-        )
+    output = run_method(
+        problem, built, setup.steps, setup.save_every, solver=setup.solver, rtol=setup.rtol,
+        atol=setup.atol, dt0=setup.dt0, max_steps=setup.max_steps,
+        divergence_factor=setup.divergence_factor, progress=setup.progress,
+    )
     extras = dict(output.get("extras", {}))
     eigenvalues = extras.pop("eigenvalues", None)
     if setup.num_eigenvalues and eigenvalues is None:

@@ -113,6 +113,43 @@ def test_effective_sharpness_of_rmsprop_is_the_top_eigenvalue_of_p_inv_h():
     np.testing.assert_allclose(np.asarray(again.values), expected, rtol=1e-9)
 
 
+def test_effective_sharpness_of_bias_corrected_rmsprop_uses_the_step_preconditioner():
+    """From ν_{−1} = 0 with bias correction, step k uses P_k⁻¹ = η/√(ν_k/(1 − β₂^{k+1})):
+    the flow's count τ + ½ at τ = k would be off by up to √(1 + √β₂) ≈ √2 at k = 0."""
+    problem, h, w0 = quadratic_problem([4.0, 1.0, 0.3])
+    lr, beta2, steps = 0.05, 0.9, 6
+    options = dict(beta2=beta2, initial_nu=0.0, bias_correction=True)
+    trajectory = flows.simulate(
+        problem, "rmsprop", lr=lr, steps=steps, num_eigenvalues=1, effective_sharpness=True,
+        **options,
+    )
+    w, nu, p_invs = w0.copy(), np.zeros(3), []
+    for k in range(steps + 1):
+        g = h @ w
+        nu = beta2 * nu + (1 - beta2) * g * g
+        p_invs.append(lr / np.sqrt(nu / (1 - beta2 ** (k + 1))))
+        w = w - p_invs[-1] * g
+    p_invs = np.array(p_invs)
+    np.testing.assert_allclose(np.asarray(trajectory.extras["p_inv"]), p_invs, rtol=1e-10)
+    expected = [np.max(np.linalg.eigvals(np.diag(p) @ h).real) for p in p_invs]
+    np.testing.assert_allclose(np.asarray(trajectory.eigenvalues[:, 0]), expected, rtol=1e-9)
+    rule = flows.make_method(problem, "rmsprop", lr, options=options)
+    series = preconditioner_series(
+        problem, rule, trajectory.steps, trajectory.params, trajectory.extras
+    )
+    np.testing.assert_allclose(np.asarray(series), p_invs, rtol=1e-10)
+    # A flow's rows are P⁻¹(τ) of its own state ν(τ) ≈ ν_{τ−½}, with the count τ + ½.
+    flow_rows = preconditioner_series(
+        problem, rule, trajectory.steps, trajectory.params, trajectory.extras, discrete=False
+    )
+    counts = np.arange(steps + 1) + 0.5
+    np.testing.assert_allclose(
+        np.asarray(flow_rows),
+        lr / np.sqrt(np.asarray(trajectory.extras["nu"]) / (1 - beta2 ** counts)[:, None]),
+        rtol=1e-10,
+    )
+
+
 def test_preconditioner_series_of_stateless_rules():
     problem, h, _ = quadratic_problem([2.0, 0.5])
     params = jnp.asarray(np.random.default_rng(1).standard_normal((4, 2)))

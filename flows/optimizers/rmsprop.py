@@ -79,7 +79,13 @@ class RMSProp(UpdateRule):
     def _p_inv(self, nu, count):
         if self.bias_correction:
             nu = nu / (1 - self.beta2**count)
-        return self.lr / (jnp.sqrt(nu) + self.eps)
+        # A coordinate whose gradient is identically zero (a dead input pixel) keeps ν = 0;
+        # √ν's derivative is infinite there, and the central flow differentiates P⁻¹ along
+        # ds/dτ = 0 in it: inf · 0 would poison the flow with NaN. The double `where`
+        # gives such a coordinate a zero derivative (and P⁻¹ = η/ε, as before).
+        positive = nu > 0
+        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, nu, 1.0)), 0.0)
+        return self.lr / (root + self.eps)
 
     def update(self, step, state, f, w, g):
         nu = self.beta2 * state + (1 - self.beta2) * self._second_moment(g * g)

@@ -26,9 +26,12 @@ rate of P through the rule's state and its dependence on X (for GD, Ṗ = 0 and
     X ⪰ 0,   M = a₀ + κA + β[X] ⪰ 0,   ⟨X, M⟩ = 0            (`flows.linalg.sdcp`),
 
 i.e. the flow is gradient flow projected onto the cone of directions that raise no
-eigenvalue at the edge; with one eigenvalue ``σ² = 2⟨−g, ∇S⟩/‖∇S‖²`` (times η²/... in
-these units). **Restoring term**: ``κA`` (``κ = restoring_rate``) is the continuous form
-of the reference code's one-step-ahead condition ``A + dt·dA/dτ ⪰ 0`` (``κ = 1/dt``): on
+eigenvalue at the edge. With one eigenvalue (GD, ``u = √η v``, ``Σ = σ² v vᵀ = U X Uᵀ``)
+the solution is ``σ² = ηX = 2⟨−g, ∇S⟩/‖∇S‖²`` and ``dw/dτ = −η Π_{∇S⊥} g``; with several,
+X is a full k×k matrix (`flows.linalg.sdcp`).
+
+**Restoring term**: ``κA`` (``κ = restoring_rate``) is the continuous form of the
+reference code's one-step-ahead condition ``A + dt·dA/dτ ⪰ 0`` (``κ = 1/dt``): on
 the edge A = 0 and it vanishes, so it does not change the flow there; an eigenvalue
 that drifted above the edge (integration error) is pulled back at rate κ, one below
 it may approach at rate at most κ·(distance), so entry into the edge is smoothed over
@@ -42,12 +45,14 @@ Only eigen-directions with ``μ ≥ 2 − edge_margin`` enter the complementarit
 ``E[L] ≈ L + ½⟨Σ, H⟩ = L + tr(Σ)/η`` and ``E‖g‖² ≈ ‖g‖² + (4/η²) tr Σ`` (GD), plus the
 eigenvalues of Σ and the tracked eigenvalues.
 
-**Integration.** ``CentralFlow`` is an ordinary vector field (``(t, y, args)``) that can be
-integrated by any diffrax solver; it then recomputes the eigenpairs at every evaluation
-with ``eigensolver`` (dense eigh or Lanczos). The default solver, `CentralFlowSolver`, is
-a fixed-step Runge–Kutta method that carries the eigenvectors in the state and refines
-them once per step from the previous ones (warm-started block Rayleigh–Ritz,
-`flows.linalg.rayleigh_ritz`), which makes the flow several times cheaper per step.
+**Integration.** ``CentralFlow`` is an ordinary vector field (``(t, y, args)``) that any
+diffrax solver can integrate; it then recomputes the eigenpairs from scratch at every
+evaluation with ``eigensolver`` (dense eigh or Lanczos): exact, and slow. The default
+solver, `CentralFlowSolver`, is classic RK4 with one step per GD step that carries the
+eigenvectors in its state and refines them once per step from the previous ones
+(warm-started block Rayleigh–Ritz, `flows.linalg.rayleigh_ritz`), holds the eigen-basis
+fixed over the stages, and computes third derivatives only for the eigenvalues at the
+edge. Everything is pure JAX (jit, vmap over learning rates, no host callbacks).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
-from ..linalg.eigen import EigenSolver, default_solver, top_eigenpairs
+from ..linalg.eigen import DenseEigh, EigenSolver, Lanczos, top_eigenpairs
 from ..linalg.hvp import gradient, hessian_quadratic_form_grad, hvp, loss_and_gradient
 from ..linalg.rayleigh_ritz import block_rayleigh_ritz
 from ..linalg.sdcp import solve_sdcp
@@ -331,7 +336,8 @@ class CentralFlow(VectorField):
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
         eigensolver: the from-scratch eigensolver, for the first step and for generic
-            diffrax solvers (dense below 1500 parameters, Lanczos above, by default).
+            diffrax solvers (by default dense up to 128 parameters, Lanczos with 100
+            Krylov vectors above).
     """
 
     problem: Problem
@@ -357,9 +363,14 @@ class CentralFlow(VectorField):
     # -- pieces
 
     @property
+    def tracked(self) -> int:
+        """k, the eigenvalues tracked and reported: ``num_tracked``, at most n."""
+        return min(self.num_tracked, self.problem.num_params)
+
+    @property
     def edge_size(self) -> int:
         """K: the size of the complementarity problem (``max_edge``, default k)."""
-        return self.num_tracked if self.max_edge is None else self.max_edge
+        return self.tracked if self.max_edge is None else min(self.max_edge, self.tracked)
 
     @property
     def block_size(self) -> int:
@@ -369,7 +380,10 @@ class CentralFlow(VectorField):
     def _exact_solver(self) -> EigenSolver:
         if self.eigensolver is not None:
             return self.eigensolver
-        return default_solver(self.problem.num_params)
+        n = self.problem.num_params
+        # Forming the Hessian (n HVPs) and a dense eigh cost more than a whole run of
+        # the flow already at a few hundred parameters; Lanczos converges the top few.
+        return DenseEigh() if n <= 128 else Lanczos(num_matvecs=min(n, 100))
 
     def _operator(self, w, p_inv):
         """``v ↦ P^{-1/2} H P^{-1/2} v``."""
@@ -401,7 +415,7 @@ class CentralFlow(VectorField):
         values, vectors, _, _ = block_rayleigh_ritz(
             self._operator(w, p_inv),
             vectors,
-            num_converged=self.num_tracked,
+            num_converged=self.tracked,
             max_iterations=self.refine_iterations,
             rtol=0.0,
         )
@@ -432,7 +446,7 @@ class CentralFlow(VectorField):
         return _Evaluation(dw, ds, third), report
 
     def _summary(self, t, geometry: _Geometry, report: _Report) -> EdgeSummary:
-        k = self.num_tracked
+        k = self.tracked
         x, u, curvature, loss = report.x, geometry.u, report.curvature, report.loss
         g, grad_sq, residual = report.g, report.grad_sq, report.residual
         gram = u.T @ u
@@ -477,7 +491,9 @@ class CentralFlow(VectorField):
         eigenvalues and trace of Σ; ``predicted_loss = L + ½⟨Σ, H⟩`` and
         ``predicted_grad_norm_sq = ‖g‖² + 4 Σ_i P_i² Σ_ii`` predict GD's time-averaged
         loss and squared gradient norm. NaN where `CentralFlowSolver` did not fill them in
-        (other solvers).
+        (other solvers). The optimizer state follows under the rule's names
+        (`UpdateRule.state_diagnostics`, e.g. RMSProp's ``nu``: ν(τ), which models the
+        discrete ν_{τ−½}); it is part of the flow's state, so it is never stale.
         """
         summary = y[2]
         fresh = jnp.abs(summary.time - t) <= 1e-3 * (1 + jnp.abs(t))
@@ -487,6 +503,7 @@ class CentralFlow(VectorField):
             if name != "time"
         }
         out["eigenvalues"] = out["effective_eigenvalues"] / self.rule.lr
+        out.update(self.rule.state_diagnostics(y[1]))
         return out
 
     def default_solver(self) -> CentralFlowSolver:
