@@ -92,6 +92,14 @@ class Problem(eqx.Module):
         return self.predict(self.unravel(w))
 
     def astype(self, dtype) -> Problem:
-        """The same problem with floating parameters cast to ``dtype``."""
+        """The same problem in ``dtype``: the parameters and every floating-point array
+        the loss and predictions carry (a network's data), so that nothing is promoted
+        back to a wider type inside the loss. Integer arrays (labels) are kept."""
+
+        def cast(x):
+            if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
+                return x.astype(dtype)
+            return x
+
         params0 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self.params0)
-        return eqx.tree_at(lambda p: p.params0, self, params0)
+        return eqx.tree_at(lambda p: p.params0, jax.tree_util.tree_map(cast, self), params0)

@@ -1,11 +1,13 @@
 """The problem zoo against independent truth: hand computations, analytic Hessians,
 parameter counts by formula, and a NumPy re-implementation of the CNN forward pass."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flows
 from flows.problems import (
     DATASETS,
     PROBLEMS,
@@ -319,3 +321,25 @@ def test_registries():
         assert toy.name == name
         assert np.isfinite(float(_loss(toy, toy.w0)))
     assert PROBLEMS["quadratic"]([1.0, 2.0]).num_params == 2
+
+
+def _indexed_sum(index, scale, params):
+    return scale * jnp.sum(params[index] ** 2)
+
+
+def test_astype_casts_the_data_too():
+    # float32 parameters on float64 data would run the whole network in float64.
+    problem = reference_mlp().astype(jnp.float32)
+    floating = [
+        leaf for leaf in jax.tree_util.tree_leaves(problem)
+        if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)
+    ]
+    assert len(floating) > len(jax.tree_util.tree_leaves(problem.params0))  # data too
+    assert all(leaf.dtype == jnp.float32 for leaf in floating)
+    assert "f64" not in str(jax.make_jaxpr(jax.grad(problem.flat_loss))(problem.w0))
+    # Integer arrays (indices, labels) keep their type.
+    loss = jax.tree_util.Partial(_indexed_sum, jnp.arange(2), jnp.asarray(0.5))
+    small = flows.Problem(loss, jnp.ones(3)).astype(jnp.float32)
+    assert small.loss.args[0].dtype == jnp.arange(2).dtype
+    assert small.loss.args[1].dtype == jnp.float32 and small.w0.dtype == jnp.float32
+    assert small.loss(small.params0) == 1.0
