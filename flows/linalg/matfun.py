@@ -193,19 +193,26 @@ def complex_symmetric_lanczos(
 
 
 def lanczos_funm(
-    fun: ScalarFunction, matvec: Matvec, vector: Inexact[Array, " n"], num_matvecs: int
+    fun: ScalarFunction,
+    matvec: Matvec,
+    vector: Inexact[Array, " n"],
+    num_matvecs: int,
+    *,
+    dtype=None,
 ) -> Inexact[Array, " n"]:
     """``f(A) v ≈ √(vᵀv) · Qᵀ f(T) e₁`` from `complex_symmetric_lanczos` (matrix-free).
 
     Exact when ``num_matvecs`` reaches the number of distinct eigenvalues that v
     excites; otherwise the error is that of the best polynomial approximation of
     ``f`` on the spectrum (Gauss quadrature), small when ``f`` is smooth there.
-    ``f(T) e₁`` is `dense_funm` of the small tridiagonal matrix.
+    ``f(T) e₁`` is `dense_funm` of the small tridiagonal matrix. ``dtype`` is the type
+    ``fun`` sees (default v's): a complex one lets a real A and v give the complex
+    values of f (e.g. `log1m_over_x` beyond 1) with the Krylov basis in real arithmetic.
     """
     basis, diagonal, off_diagonal, length = complex_symmetric_lanczos(matvec, vector, num_matvecs)
     tridiagonal = (
         jnp.diag(diagonal) + jnp.diag(off_diagonal, 1) + jnp.diag(off_diagonal, -1)
     )
-    e1 = jnp.zeros(diagonal.shape, diagonal.dtype).at[0].set(1)
+    e1 = jnp.zeros(diagonal.shape, dtype or diagonal.dtype).at[0].set(1)
     coefficients = dense_funm(fun, tridiagonal, e1)
     return length * (basis.T.astype(coefficients.dtype) @ coefficients)

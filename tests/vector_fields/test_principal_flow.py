@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import flows
+from flows.linalg.hvp import hvp
+from flows.linalg.matfun import lanczos_funm, log1m_over_x
 from flows.optimizers import GD
 from flows.vector_fields import GradientFlow, ModifiedFlow, PrincipalFlow
 from flows.vector_fields.principal_flow import AUTO_DENSE_MAX_PARAMS
@@ -200,3 +202,28 @@ def test_path_is_chosen_by_size_and_dense_refuses_large_models():
     assert PrincipalFlow(problem=small, rule=rule, path="lanczos").resolved_path == "lanczos"
     with pytest.raises(ValueError, match="path='lanczos'"):
         PrincipalFlow(problem=large, rule=rule, path="dense")
+
+
+def test_real_state_lanczos_is_the_complex_computation(trained_mlp):
+    # At a real state with ηλ_max = 1.5 the field is complex; the Lanczos path then runs
+    # in real arithmetic (real HVPs and Krylov basis, complex coefficients only).
+    problem, lr = trained_mlp
+    rule = GD(lr=jnp.asarray(lr))
+    w = problem.w0.astype(jnp.complex128)
+    y = (w, None)
+
+    def rate(field, y):
+        return field(jnp.asarray(0.0), y, None)[0]
+
+    rate = eqx.filter_jit(rate)
+    lanczos = PrincipalFlow(problem=problem, rule=rule, path="lanczos", num_matvecs=30)
+    dense = PrincipalFlow(problem=problem, rule=rule, path="dense")
+    real_branch = np.asarray(rate(lanczos, y))
+    assert np.max(np.abs(real_branch.imag)) > 1e-3 * np.max(np.abs(real_branch))
+    np.testing.assert_allclose(real_branch, np.asarray(rate(dense, y)), rtol=1e-8, atol=1e-12)
+    f = problem.flat_loss
+    complex_arithmetic = lr * lanczos_funm(
+        lambda x: log1m_over_x(lr * x), lambda v: hvp(f, w, v), jax.grad(f, holomorphic=True)(w),
+        30,
+    )
+    np.testing.assert_allclose(real_branch, np.asarray(complex_arithmetic), rtol=1e-10, atol=1e-13)
