@@ -82,10 +82,12 @@ class RMSProp(UpdateRule):
         # A coordinate whose gradient is identically zero (a dead input pixel) keeps ν = 0;
         # √ν's derivative is infinite there, and the central flow differentiates P⁻¹ along
         # ds/dτ = 0 in it: inf · 0 would poison the flow with NaN. The double `where`
-        # gives such a coordinate a zero derivative (and P⁻¹ = η/ε, as before).
+        # gives such a coordinate a zero derivative. Its step is 0 whatever P⁻¹ is (g = 0),
+        # so with ε = 0 it gets P⁻¹ = η rather than η/0 (whose 0 · ∞ step is NaN).
         positive = nu > 0
         root = jnp.where(positive, jnp.sqrt(jnp.where(positive, nu, 1.0)), 0.0)
-        return self.lr / (root + self.eps)
+        denominator = root + self.eps
+        return self.lr / jnp.where(denominator > 0, denominator, 1.0)
 
     def update(self, step, state, f, w, g):
         nu = self.beta2 * state + (1 - self.beta2) * self._second_moment(g * g)

@@ -126,3 +126,29 @@ def test_bad_arguments_name_the_offender():
         flows.simulate(problem, "rmsprop", lr=0.1, steps=3, beta3=0.9)
     with pytest.raises(ValueError, match="save_every"):
         flows.simulate(problem, "gd", lr=0.1, steps=10, save_every=3)
+
+
+def _live_quadratic(params):
+    return 0.5 * jnp.sum(jnp.asarray([1.0, 3.0]) * params["live"] ** 2)
+
+
+def _with_a_dead_coordinate(params):
+    return _live_quadratic(params)  # params["dead"] never enters the loss (a dead pixel)
+
+
+@pytest.mark.parametrize("method", ["rmsprop", "gradient_flow", "central_flow"])
+def test_rmsprop_with_eps_zero_leaves_a_dead_coordinate_alone(method):
+    # ν = 0 and ε = 0 on a coordinate without gradient: its step must be 0, not 0/0.
+    live = {"live": jnp.asarray([1.0, -0.5])}
+    dead = {"live": live["live"], "dead": jnp.asarray([0.3])}
+    kwargs = dict(lr=0.05, steps=20, optimizer="rmsprop", beta2=0.9, eps=0.0)
+    if method == "rmsprop":
+        kwargs.pop("optimizer")
+    alone = flows.simulate(flows.Problem(_live_quadratic, live), method, **kwargs)
+    both = flows.simulate(flows.Problem(_with_a_dead_coordinate, dead), method, **kwargs)
+    assert both.status == "ok"
+    np.testing.assert_array_equal(both.params[:, 0], 0.3)  # ravel order: "dead" first
+    # The adaptive integrator's error norm sees one more (constant) component: its steps
+    # differ a little, within its tolerance.
+    rtol = 1e-12 if method == "rmsprop" else 1e-6
+    np.testing.assert_allclose(both.params[:, 1:], alone.params, rtol=rtol, atol=1e-12)
