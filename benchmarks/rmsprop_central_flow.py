@@ -68,7 +68,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import flows  # noqa: E402
-from flows.diagnostics import gaussian_smooth, relative_distance  # noqa: E402
+from flows.diagnostics import first_at_edge, gaussian_smooth, relative_distance  # noqa: E402
 from flows.eigen_tracking import preconditioner_series, track  # noqa: E402
 from flows.problems import digits, mlp, reference_mlp  # noqa: E402
 
@@ -88,12 +88,6 @@ CASES = {
     "digits, scalar": (digits_mlp, "scalar_rmsprop", 0.04, {}, 0.1),
     "digits, diagonal": (digits_mlp, "rmsprop", 0.001, {"eps": 1e-3}, 0.1),
 }
-
-
-def first_edge(sigma_trace: np.ndarray) -> int:
-    """The first saved step with Σ ≠ 0 (−1 if none)."""
-    active = np.asarray(sigma_trace) > 0
-    return int(np.argmax(active)) if np.any(active) else -1
 
 
 def smooth_columns(series: np.ndarray) -> np.ndarray:
@@ -140,7 +134,7 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out, floa
     cf = flows.simulate(problem, "central_flow", optimizer=optimizer, num_tracked=5, **common)
     gd_cf = flows.simulate(problem, "central_flow", lr=gd_lr, steps=steps, num_tracked=5)
     extras = {k: np.asarray(v) for k, v in cf.extras.items()}
-    edge = first_edge(extras["sigma_trace"])
+    edge = first_at_edge(extras["sigma_trace"])
     if edge < 0:
         raise RuntimeError(f"{name}: the central flow never reached the edge")
     print(f"   central flow {cf.status}, edge at step {edge}; run {cf.wall_time:.2f} s "
@@ -201,7 +195,7 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out, floa
         "cf_run_s": cf.wall_time, "cf_compile_s": cf.compile_time,
         "gd_cf_run_s": gd_cf.wall_time, "gd_cf_lr": gd_lr,
         "gd_cf_max_at_edge": int(np.max(np.asarray(gd_cf.extras["num_at_edge"]))),
-        "gd_cf_edge_step": first_edge(np.asarray(gd_cf.extras["sigma_trace"])),
+        "gd_cf_edge_step": first_at_edge(np.asarray(gd_cf.extras["sigma_trace"])),
         "disc_run_s": disc.wall_time,
         "ratio_to_gd_cf": cf.wall_time / gd_cf.wall_time,
         "ratio_to_disc": cf.wall_time / disc.wall_time,

@@ -6,6 +6,7 @@
   ``scipy.ndimage.gaussian_filter1d(x, sigma=50, mode="nearest")``).
 - `relative_distance`: ``‖w_A(k) − w_B(k)‖ / ‖w_B(k) − w_B(0)‖``, the distance between two
   runs relative to how far the reference has travelled.
+- `first_at_edge`: the first saved step where a central flow's Σ is nonzero.
 
 Pure jnp, jit- and vmap-safe (a leading batch axis via `jax.vmap`).
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["gaussian_smooth", "relative_distance"]
+__all__ = ["gaussian_smooth", "relative_distance", "first_at_edge"]
 
 
 def gaussian_smooth(
@@ -47,3 +49,10 @@ def relative_distance(
     travelled = jnp.linalg.norm(reference - reference[0], axis=-1)
     distance = jnp.linalg.norm(params - reference, axis=-1)
     return distance / jnp.where(travelled > 0, travelled, jnp.nan)
+
+
+def first_at_edge(sigma_trace: Float[Array, " T"]) -> int:
+    """The index of the first saved step with ``tr Σ > 0`` (the central flow's
+    ``extras["sigma_trace"]``): where the flow reached the edge; −1 if it never did."""
+    active = np.asarray(sigma_trace) > 0
+    return int(np.argmax(active)) if np.any(active) else -1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from flows.diagnostics import gaussian_smooth, relative_distance
+from flows.diagnostics import first_at_edge, gaussian_smooth, relative_distance
 
 
 @pytest.mark.parametrize("sigma", [1.5, 50.0])
@@ -25,3 +25,8 @@ def test_relative_distance():
     out = np.asarray(relative_distance(params, reference))
     assert np.isnan(out[0])
     np.testing.assert_allclose(out[1:], [0.5 / 5.0, 1.0 / 10.0])
+
+
+def test_first_at_edge():
+    assert first_at_edge(np.array([0.0, 0.0, 1e-9, 0.0, 2.0])) == 2
+    assert first_at_edge(np.zeros(4)) == -1
