@@ -268,15 +268,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/central_flow_vs_gd"))
     parser.add_argument("--quick", action="store_true", help="short runs, no tight check")
+    parser.add_argument(
+        "--case", choices=("reference", "digits", "both"), default="both", help="which cases"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "reference": run_case(
+    results = {}
+    if args.case != "digits":
+        results["reference"] = run_case(
             "reference", reference_mlp(), 0.1, 300 if args.quick else 1000,
             tight_check=not args.quick, out=args.out, timing_float32=True,
-        ),
-    }
-    if not args.quick:
+        )
+    if not args.quick and args.case != "reference":
         problem = mlp(digits(n=200, standardize=False), [150], activation="tanh", loss="mse")
         results["digits"] = run_case("digits", problem, 0.062, 1500, tight_check=True, out=args.out)
     results["machine"] = {"platform": platform.platform(), "devices": str(jax.devices())}

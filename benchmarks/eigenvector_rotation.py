@@ -56,7 +56,7 @@ def models() -> dict[str, flows.Problem]:
     return {
         "z(θ₁θ₂)": two_layer_scalar(theta1=2.5, theta2=0.3),
         "deep linear, depth 3": deep_linear(data, depth=3, width=8),
-        "swish MLP 8-16-16-1": reference_mlp(),
+        "swish MLP 8-16-16-1": reference_mlp(draw="numpy"),  # as recorded
         "linear, depth 1 (control)": deep_linear(data, depth=1),
     }
 

@@ -181,7 +181,7 @@ def nonlinear_section(steps: int, quick: bool) -> list[str]:
 
 
 def dal_section(out: Path, steps: int) -> list[str]:
-    problem = reference_mlp()
+    problem = reference_mlp(draw="numpy")  # the draw of the recorded figures
     f = problem.flat_loss
     sharp = float(flows.sharpness(f, problem.w0))
     runs = {}

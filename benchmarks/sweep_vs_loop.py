@@ -43,7 +43,7 @@ import flows  # noqa: E402
 from flows.simulate import default_tolerances  # noqa: E402
 
 PROBLEMS = {
-    "reference_mlp": flows.problems.reference_mlp,
+    "reference_mlp": lambda: flows.problems.reference_mlp(draw="numpy"),  # as recorded
     "tiny_mlp": lambda: flows.problems.mlp(
         flows.problems.synthetic_regression(n=16, d_in=3, d_out=1), [6], activation="tanh"
     ),

@@ -163,6 +163,7 @@ def run_flow(
     divergence_factor: float = 1e6,
     progress: bool = False,
     start: tuple | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
 ) -> dict[str, Array]:
     """Integrate a flow in step time from τ = 0 to ``steps``, saving at multiples of ``save_every``.
 
@@ -219,6 +220,7 @@ def run_flow(
         max_steps=max_steps,
         throw=False,
         event=diffrax.Event(diverging),
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
     )
     ws = jax.vmap(field.parameters)(solution.ys)

@@ -30,6 +30,8 @@ scale of the eigendirections. Everything is pure JAX: jit-, vmap- and scan-safe.
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -128,12 +130,10 @@ def solve_sdcp(
     if k == 0:
         empty = jnp.zeros((0, 0), dtype)
         return SDCPSolution(empty, empty, jnp.zeros((), dtype), jnp.asarray(0))
-    eps = jnp.finfo(dtype).eps
-    rtol = float(100 * eps) if rtol is None else rtol
+    eps = float(jnp.finfo(dtype).eps)
+    rtol = 100 * eps if rtol is None else float(rtol)
     alpha = 0.5 * (alpha + alpha.T)
     basis = jnp.asarray(_basis(k), dtype=dtype)
-    m = basis.shape[0]
-
     # Congruence scaling X = D Y D: the SDCP is invariant, the Newton system better scaled.
     diagonal = jnp.abs(jnp.einsum("iiii->i", beta))
     floor = jnp.maximum(jnp.max(diagonal), jnp.finfo(dtype).tiny) * eps
@@ -142,8 +142,40 @@ def solve_sdcp(
     beta_s = jnp.einsum("i,j,ijkl,k,l->ijkl", d, d, beta, d, d)
     q = jnp.einsum("pij,ijkl,qkl->pq", basis, beta_s, basis)
     c = jnp.einsum("pij,ij->p", basis, alpha_s)
-    step = 1.0 / jnp.maximum(jnp.max(jnp.sum(jnp.abs(q), axis=1)), jnp.finfo(dtype).tiny)
-    scale = jnp.maximum(jnp.linalg.norm(step * c), jnp.finfo(dtype).tiny)
+    if init is None:
+        start = None
+    else:
+        start = svec(0.5 * (init + init.T) / (d[:, None] * d[None, :]))
+    y, residual, iterations = _solve_scaled(q, c, start, max_iterations, rtol)
+    solution = d[:, None] * y * d[None, :]
+    return SDCPSolution(
+        x=solution,
+        m=sdcp_map(alpha, beta, solution),
+        residual=residual,
+        iterations=iterations,
+    )
+
+
+def _step_and_scale(q: Array, c: Array) -> tuple[Array, Array]:
+    """The natural-residual step t (1/‖q‖ in the max-row-sum norm) and the problem's scale."""
+    tiny = jnp.finfo(q.dtype).tiny
+    step = 1.0 / jnp.maximum(jnp.max(jnp.sum(jnp.abs(q), axis=1)), tiny)
+    return step, jnp.maximum(jnp.linalg.norm(step * c), tiny)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _solve_scaled(
+    q: Array, c: Array, start: Array | None, max_iterations: int, rtol: float
+) -> tuple[Array, Array, Array]:
+    """Semismooth Newton on the natural residual of the SDCP ``(c, q)`` in svec
+    coordinates: (Y, relative residual, iterations). Derivatives are implicit
+    (`_solve_scaled_jvp`), not through the iterations."""
+    dtype = q.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    m = q.shape[0]
+    k = int(round((np.sqrt(8 * m + 1) - 1) / 2))
+    basis = jnp.asarray(_basis(k), dtype=dtype)
+    step, scale = _step_and_scale(q, c)
     eye = jnp.eye(m, dtype=dtype)
     # A symmetric β (GD, RMSProp: a Gram tensor) makes the SDCP a convex QP, whose
     # objective is a reliable merit; otherwise the natural residual is the merit.
@@ -201,17 +233,35 @@ def solve_sdcp(
         _, _, residual, improved, iteration = carry
         return (iteration < max_iterations) & (residual > rtol * scale) & improved
 
-    if init is None:
-        x0 = project(-step * c)
-    else:
-        x0 = project(svec(0.5 * (init + init.T) / (d[:, None] * d[None, :])))
-    start = (x0, objective(x0, True), norm(x0), jnp.asarray(True), jnp.asarray(0))
-    x, _, residual, _, iterations = jax.lax.while_loop(not_done, newton, start)
-    y = psd_projection(jnp.einsum("pij,p->ij", basis, x))
-    solution = d[:, None] * y * d[None, :]
-    return SDCPSolution(
-        x=solution,
-        m=sdcp_map(alpha, beta, solution),
-        residual=residual / scale,
-        iterations=iterations,
-    )
+    x0 = project(-step * c) if start is None else project(start)
+    first = (x0, objective(x0, True), norm(x0), jnp.asarray(True), jnp.asarray(0))
+    x, _, residual, _, iterations = jax.lax.while_loop(not_done, newton, first)
+    return psd_projection(jnp.einsum("pij,p->ij", basis, x)), residual / scale, iterations
+
+
+@_solve_scaled.defjvp
+def _solve_scaled_jvp(max_iterations, rtol, primals, tangents):
+    """Implicit derivative of the solution: at Z = Y − t M(Y) the natural residual
+    ``F = Y − Π₊(Z)`` vanishes for every nearby problem, so with J the generalized
+    Jacobian of Π₊ at Z, ``(I − J + tJq) dY = −tJ(dq Y + dc)``. The starting point has
+    no influence on the solution and gets no derivative."""
+    q, c, start = primals
+    dq, dc, _ = tangents
+    y, residual, iterations = _solve_scaled(q, c, start, max_iterations, rtol)
+    dtype = q.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    m = q.shape[0]
+    basis = jnp.asarray(_basis(y.shape[0]), dtype=dtype)
+    step, _ = _step_and_scale(q, c)
+    x = svec(y)
+    values, vectors = jnp.linalg.eigh(smat(x - step * (q @ x + c), y.shape[0]))
+    # Eigenvalues of Z at rounding level are zero (degenerate complementarity), which
+    # picks one element of the generalized Jacobian.
+    level = 1e3 * eps * jnp.maximum(jnp.max(jnp.abs(values)), jnp.finfo(dtype).tiny)
+    values = jnp.where(jnp.abs(values) <= level, 0.0, values)
+    jacobian = _projection_jacobian(values, vectors, basis)
+    eye = jnp.eye(m, dtype=dtype)
+    system = eye - jacobian + step * jacobian @ q + 10 * eps * eye
+    dx = jnp.linalg.solve(system, -step * jacobian @ (dq @ x + dc))
+    zero_int = np.zeros(np.shape(iterations), dtype=jax.dtypes.float0)
+    return (y, residual, iterations), (smat(dx, y.shape[0]), jnp.zeros_like(residual), zero_int)

@@ -240,11 +240,6 @@ def edge_system(
     return EdgeSystem(dw0, dw_x, grad_sq0, grad_sq_x, a0, beta)
 
 
-def _sqrt_psd(x: Array) -> Array:
-    values, vectors = jnp.linalg.eigh(x)
-    return (vectors * jnp.sqrt(jnp.maximum(values, 0))) @ vectors.T
-
-
 def _rank(x: Array) -> Array:
     """The number of eigenvalues of the PSD x above rounding (relative to its largest)."""
     values = jnp.linalg.eigvalsh(x)
@@ -449,9 +444,11 @@ class CentralFlow(VectorField):
         k = self.tracked
         x, u, curvature, loss = report.x, geometry.u, report.curvature, report.loss
         g, grad_sq, residual = report.g, report.grad_sq, report.residual
+        # Σ = U X Uᵀ shares its non-zero eigenvalues with Lᵀ X L, UᵀU = L Lᵀ; unlike a
+        # square root of the rank-deficient X, the Cholesky factor has finite derivatives.
         gram = u.T @ u
-        root = _sqrt_psd(x)
-        sigma_values = jnp.linalg.eigvalsh(root @ gram @ root)[::-1]
+        factor = jnp.linalg.cholesky(gram)
+        sigma_values = jnp.linalg.eigvalsh(factor.T @ x @ factor)[::-1]
         return EdgeSummary(
             time=jnp.asarray(t, jnp.real(loss).dtype),
             effective_eigenvalues=geometry.values[:k],

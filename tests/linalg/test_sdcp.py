@@ -152,3 +152,37 @@ def test_block_rayleigh_ritz_small_space_is_exact():
         lambda v: jnp.asarray(h) @ v, jnp.ones((3, 2)), max_iterations=0
     )
     np.testing.assert_allclose(found, [3.0, 0.5], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k, seed, rank", [(1, 0, 1), (2, 1, 1), (2, 15, 2), (3, 2, 1), (3, 3, 2)])
+def test_derivative_is_the_implicit_one(k, seed, rank):
+    """Forward-mode derivative of X(α, β) along a perturbation of the Gram data (g_ij, h),
+    against central finite differences of the solver (and, for k = 1, the closed form
+    dX = −dα/β + α dβ/β² where X > 0), for solutions of full and of deficient rank."""
+    rng = np.random.default_rng(seed)
+    n = 12
+    g = rng.standard_normal((k, k, n))
+    g = 0.5 * (g + g.transpose(1, 0, 2))
+    h = 2 * rng.standard_normal(n)
+    dg = rng.standard_normal((k, k, n))
+    dg = 0.5 * (dg + dg.transpose(1, 0, 2))
+    dh = rng.standard_normal(n)
+
+    def solution(t):
+        gt, ht = g + t * dg, h + t * dh
+        alpha = jnp.einsum("ijn,n->ij", gt, ht)
+        beta = jnp.einsum("ijn,kln->ijkl", gt, gt)
+        return solve_sdcp(alpha, beta).x
+
+    x, dx = jax.jit(lambda t: jax.jvp(solution, (t,), (jnp.ones_like(t),)))(jnp.asarray(0.0))
+    step = 1e-6
+    finite = (solution(jnp.asarray(step)) - solution(jnp.asarray(-step))) / (2 * step)
+    assert np.linalg.norm(dx) > 1e-3 * np.linalg.norm(x) > 0
+    np.testing.assert_allclose(dx, finite, atol=1e-6 * np.abs(finite).max())
+    if k == 1:
+        alpha, beta = float(np.dot(g[0, 0], h)), float(np.dot(g[0, 0], g[0, 0]))
+        dalpha = float(np.dot(dg[0, 0], h) + np.dot(g[0, 0], dh))
+        dbeta = float(2 * np.dot(g[0, 0], dg[0, 0]))
+        assert alpha < 0
+        np.testing.assert_allclose(dx[0, 0], -dalpha / beta + alpha * dbeta / beta**2, rtol=1e-9)
+    assert np.sum(np.linalg.eigvalsh(np.asarray(x)) > 1e-9 * np.abs(x).max()) == rank

@@ -221,14 +221,57 @@ def test_chebyshev_problem():
     assert float(_loss(problem, problem.w0)) == pytest.approx(expected)
 
 
-def test_reference_mlp():
-    problem = reference_mlp(seed=0)
+def test_reference_mlp_numpy_draw():
+    problem = reference_mlp(seed=0, draw="numpy")
     assert problem.num_params == _mlp_count([8, 16, 16, 1])
     data = synthetic_regression(n=128, d_in=8, d_out=1, seed=0)
     assert data.x.shape == (128, 8) and data.y.shape == (128, 1)
     outputs = np.asarray(_predict(problem))
     expected = np.mean((outputs - np.asarray(data.y)) ** 2)
     assert float(_loss(problem, problem.w0)) == pytest.approx(expected)
+
+
+# Printed by the authors' JAX example (flax.nnx: Rngs(seed), x and y by rngs.normal, then
+# three nnx.Linear layers with their default initialisation), run in float32.
+_FLAX_REFERENCE = {
+    0: {
+        "x[0, :3]": [1.0040143, -0.9063372, -0.7481722],
+        "y[:3]": [-2.4424558, -2.0356805, 0.20554423],
+        "w0[0, :3]": [0.4806873, 0.50062776, -0.15674235],
+        "w1[0, :2]": [-0.27184486, 0.16445768],
+        "w2[:3, 0]": [0.30768085, -0.258987, 0.06979684],
+        "loss": 1.059820532798767,
+    },
+    3: {"w1[0, :2]": [0.41365117, 0.5645014], "loss": 1.7963671684265137},
+}
+
+
+@pytest.mark.parametrize("seed", sorted(_FLAX_REFERENCE))
+def test_reference_mlp_is_the_published_instance(seed):
+    problem = reference_mlp(seed=seed)
+    assert problem.num_params == _mlp_count([8, 16, 16, 1])
+    x, y = problem.loss.args
+    params = problem.params0
+    views = {
+        "x[0, :3]": lambda: x[0, :3],
+        "y[:3]": lambda: y[:3, 0],
+        "w0[0, :3]": lambda: params[0]["w"][0, :3],
+        "w1[0, :2]": lambda: params[1]["w"][0, :2],
+        "w2[:3, 0]": lambda: params[2]["w"][:3, 0],
+    }
+    expected = _FLAX_REFERENCE[seed]
+    for name, value in expected.items():
+        if name != "loss":
+            np.testing.assert_allclose(np.asarray(views[name]()), value, rtol=1e-6, err_msg=name)
+    assert all(np.all(np.asarray(layer["b"]) == 0) for layer in params)
+    assert float(problem.astype(jnp.float32).loss(problem.astype(jnp.float32).params0)) == (
+        pytest.approx(expected["loss"], rel=1e-6)
+    )
+
+
+def test_reference_mlp_rejects_an_unknown_draw():
+    with pytest.raises(ValueError, match="draw 'torch'"):
+        reference_mlp(draw="torch")
 
 
 def _numpy_cnn(x, params):
