@@ -11,9 +11,9 @@ eigenvalues. Each case's η is one where the effective sharpness λ_max(P⁻¹H)
 run rises from well below 2 and reaches 2 by progressive sharpening, after a few hundred
 steps (no catapult at the start).
 
-Cases (1000 steps each): `reference_mlp(draw="numpy")` (433 parameters) and a 64-32-10 tanh MLP on 100
-digits (pixels in [0, 1], ½‖f − y‖², 2,410 parameters), each with scalar RMSProp and with
-diagonal RMSProp (ε > 0: the digits have dead pixels whose ν stays 0).
+Cases (1000 steps each): `reference_mlp(draw="numpy")` (433 parameters) and a 64-32-10
+tanh MLP on 100 digits (pixels in [0, 1], ½‖f − y‖², 2,410 parameters), each with scalar
+RMSProp and with diagonal RMSProp (ε > 0: the digits have dead pixels whose ν stays 0).
 
 Per case:
 

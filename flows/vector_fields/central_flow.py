@@ -53,6 +53,13 @@ eigenvectors in its state and refines them once per step from the previous ones
 (warm-started block Rayleigh–Ritz, `flows.linalg.rayleigh_ritz`), holds the eigen-basis
 fixed over the stages, and computes third derivatives only for the eigenvalues at the
 edge. Everything is pure JAX (jit, vmap over learning rates, no host callbacks).
+
+**Derivatives** (forward mode, ``adjoint=diffrax.ForwardMode()`` in `flows.run_flow`): X
+has the implicit derivative of the complementarity problem (`flows.linalg.solve_sdcp`);
+exact eigenpairs (`DenseEigh`, generic diffrax solver) differentiate through ``eigh``.
+The default solver's refined eigenvectors come out of an iteration whose derivative is not
+that of the eigenvectors, so it is differentiable in the stable phase and on models small
+enough for its exact Rayleigh–Ritz path, not in general at the edge.
 """
 
 from __future__ import annotations
