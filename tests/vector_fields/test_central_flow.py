@@ -117,18 +117,28 @@ def test_stable_phase_is_runge_kutta_gradient_flow(mlp, runs):
     assert out["extras"]["effective_eigenvalues"][:, 0].max() < 1.9
 
 
+VALLEY_SLOPE = 0.1
+
+
+def _valley_loss(params):
+    x, y = params["x"], params["y"]
+    return -VALLEY_SLOPE * x + 0.5 * (1 + x**2) * y**2
+
+
+def valley():
+    """L(x, y) = −c x + ½(1 + x²) y² (c = `VALLEY_SLOPE`) from (0.5, 0.3)."""
+    return flows.Problem(
+        _valley_loss, {"x": jnp.asarray(0.5), "y": jnp.asarray(0.3)}, name="valley"
+    )
+
+
 @pytest.mark.parametrize("num_tracked", [1, 5])
 def test_toy_valley_stationary_point_is_analytic(num_tracked):
     """L(x, y) = −c x + ½(1 + x²) y²: the sharpness 1 + x² grows with x, the central flow
     stops at 1 + x*² = 2/η, y = 0, with σ² = 2⟨−g, ∇S⟩/‖∇S‖² = c/x*. Tracking more
     eigenvalues than there are parameters tracks all of them."""
-    c, lr = 0.1, 0.5
-
-    def loss(params):
-        x, y = params["x"], params["y"]
-        return -c * x + 0.5 * (1 + x**2) * y**2
-
-    problem = flows.Problem(loss, {"x": jnp.asarray(0.5), "y": jnp.asarray(0.3)}, name="valley")
+    c, lr = VALLEY_SLOPE, 0.5
+    problem = valley()
     run = flows.simulate(problem, "central_flow", lr=lr, steps=120, num_tracked=num_tracked)
     x_star = np.sqrt(2 / lr - 1)
     np.testing.assert_allclose(run.params[-1], [x_star, 0.0], atol=1e-9)
@@ -205,12 +215,8 @@ def test_bad_options_are_rejected(mlp):
 def test_forward_mode_derivative_on_the_valley_is_analytic():
     """d x*/dη of the valley's stationary point x* = √(2/η − 1) is −1/(η² x*): forward
     mode through the default integrator (the SDCP's derivative is implicit)."""
-    c, lr = 0.1, 0.5
-
-    def loss(params):
-        return -c * params["x"] + 0.5 * (1 + params["x"] ** 2) * params["y"] ** 2
-
-    problem = flows.Problem(loss, {"x": jnp.asarray(0.5), "y": jnp.asarray(0.3)}, name="valley")
+    lr = 0.5
+    problem = valley()
 
     def final(lr):
         field = CentralFlow(problem=problem, rule=gd_rule(lr), num_tracked=1)
