@@ -7,10 +7,12 @@ of gradient descent dynamics and instability in deep learning" (TMLR 2023), with
    flow, the modified flow and the principal flow (real part, as a continuous curve) in the
    θ plane (``quadratic.png``), and a table of ‖w_flow(k) − w_GD(k)‖ (max over the steps, and
    at the last step).
-2. Non-quadratic toys, ½(ab − 1)² from (0.5, 3) and (1 + x²)y² from (1, 0.1), and a tiny tanh
-   MLP (30 parameters, after 50 GD steps) at ηλ_max(w₀) ∈ {0.5, 1.5, 1.9}: the same
-   distances over 20 steps; and the divergent case ηλ_max = 4 on (1 + x²)y² from (0.1, 0.1)
-   (divergence threshold 10·(1 + L₀)): the step where GD and the principal flow diverge.
+2. Non-quadratic toys, ½(ab − 1)² from (0.5, 3) and (1 + x²)y² from (1, 0.1), each also
+   from starts nearer its minimizers (the distance d sets the amplitude of GD's oscillation,
+   hence how far from quadratic the run is), and a tiny tanh MLP (30 parameters, after 50 GD
+   steps) at ηλ_max(w₀) ∈ {0.5, 1.5, 1.9, 1.99}: the same distances over 20 steps; and the
+   divergent case ηλ_max = 4 on (1 + x²)y² from (0.1, 0.1) (divergence threshold
+   10·(1 + L₀)): the step where GD and the principal flow diverge.
 3. DAL-p, the drift-adjusted learning rate the paper derives from the principal flow
    (``h = 2/(‖Hg‖/‖g‖)^p``): training loss of GD at fixed learning rates and of DAL-1 and
    DAL-0.5 (step size capped at 1) on the 8-16-16-1 swish MLP, and the step sizes DAL picks
@@ -146,27 +148,55 @@ def trained_tiny_mlp() -> flows.Problem:
     return flows.Problem(problem.loss, problem.unravel(start), name="tiny tanh MLP, trained")
 
 
+@eqx.filter_jit
+def sharpness_along(problem, params):
+    return jax.vmap(lambda w: flows.sharpness(problem.flat_loss, w))(params)
+
+
+def toy_starts(quick: bool) -> list[tuple[str, flows.Problem, str, float]]:
+    """(label, problem, start, distance from the start to the minimizers) for the 2-D toys.
+
+    The distance is |y₀| for (1 + x²)y² (minimizers y = 0) and |a₀b₀ − 1| for ½(ab − 1)²
+    (starts on the ray b = 6a through (0.5, 3)): the amplitude of GD's oscillation across
+    the minimizers, which sets how non-quadratic the run is.
+    """
+    offsets = [0.1, 0.01] if quick else [0.1, 0.03, 0.01, 0.003]
+    residuals = [0.5, 0.03] if quick else [0.5, 0.1, 0.03, 0.01]
+    starts = [("(1 + x²)y²", valley(x=1.0, y=y), f"(1, {y})", y) for y in offsets]
+    for r in residuals:
+        a = float(np.sqrt((1 + r) / 6))
+        starts.append(
+            ("½(ab − 1)²", scalar_product(a=a, b=6 * a), f"({a:.3g}, {6 * a:.3g})", r)
+        )
+    return starts
+
+
 def nonlinear_section(steps: int, quick: bool) -> list[str]:
-    problems = {
-        "½(ab − 1)² from (0.5, 3)": scalar_product(),
-        "(1 + x²)y² from (1, 0.1)": valley(),
-        "tiny tanh MLP (30 params, 50 GD steps in)": trained_tiny_mlp(),
-    }
     lines = [
         f"### Non-quadratic toys, {steps} steps",
         "",
-        "| problem | ηλ_max(w₀) | GF | MF | PF | GF / PF | PF status |",
-        "|---|---|---|---|---|---|---|",
+        "max_k ‖w_flow(k) − w_GD(k)‖ for gradient flow (GF), the modified flow (MF) and the",
+        "principal flow (PF); d is the start's distance to the minimizers (|y₀|, |a₀b₀ − 1|).",
+        "",
+        "| problem | start | d | ηλ_max(w₀) | along GD | GF | MF | PF | GF / PF | d · GF / PF "
+        "| PF status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, problem in problems.items():
+    levels = [0.5, 1.5, 1.9] if quick else [0.5, 1.5, 1.9, 1.99]
+    starts = toy_starts(quick)
+    starts.append(("tiny tanh MLP (30 params)", trained_tiny_mlp(), "50 GD steps in", np.nan))
+    for label, problem, start, distance in starts:
         sharp = float(flows.sharpness(problem.flat_loss, problem.w0))
-        for c in [0.5, 1.5] if quick else [0.5, 1.5, 1.9]:
+        for c in levels:
             rows = distances(problem, c / sharp, steps)
             d = {name: gap(rows[name], rows["gd"])[0] for name in FLOWS}
+            ratio = d["gradient flow"] / d["principal flow"]
+            along = c / sharp * float(jnp.max(sharpness_along(problem, rows["gd"]["params"])))
             lines.append(
-                f"| {label} | {c} | {d['gradient flow']:.2e} | {d['modified flow']:.2e} | "
-                f"{d['principal flow']:.2e} | {d['gradient flow'] / d['principal flow']:.1f} | "
-                f"{status(rows['principal flow'])} |"
+                f"| {label} | {start} | {distance:.3g} | {c} | {along:.3f} | "
+                f"{d['gradient flow']:.2e} | "
+                f"{d['modified flow']:.2e} | {d['principal flow']:.2e} | {ratio:.1f} | "
+                f"{distance * ratio:.2f} | {status(rows['principal flow'])} |"
             )
     problem = valley(x=0.1, y=0.1)
     lr = 4.0 / float(flows.sharpness(problem.flat_loss, problem.w0))

@@ -113,6 +113,26 @@ def test_principal_flow_is_closer_to_gd_than_gradient_and_modified_flow_on_toys(
     assert d["PrincipalFlow.max_imag"] > 1e-4  # GD oscillates: the flow went complex
 
 
+def test_near_the_minimizers_the_error_is_second_order_in_the_oscillation():
+    """On (1 + x²)y² from (1, y₀) at ηλ_max = 1.9: with x frozen the loss is quadratic in y,
+    where the principal flow is exact, so its error comes from x's drift, driven by
+    ∂L/∂x = 2xy², and is O(y₀²); gradient flow misses the y-oscillation itself, O(y₀).
+    Halving y₀ divides them by 4 and 2, and near enough the minimizers the principal flow is
+    10× closer to GD than gradient flow even this close to the edge."""
+    gaps = {}
+    for y0 in (0.02, 0.01):
+        problem = toy(VALLEY, 1.0, y0)
+        lr = 1.9 / float(flows.sharpness(problem.flat_loss, problem.w0))
+        gaps[y0] = distances_to_gd(problem, lr, 20, [GradientFlow, ModifiedFlow, PrincipalFlow])
+    pf_order = np.log2(gaps[0.02]["PrincipalFlow"] / gaps[0.01]["PrincipalFlow"])
+    gf_order = np.log2(gaps[0.02]["GradientFlow"] / gaps[0.01]["GradientFlow"])
+    assert abs(pf_order - 2) < 0.15, gaps
+    assert abs(gf_order - 1) < 0.15, gaps
+    near = gaps[0.01]
+    assert near["PrincipalFlow"] <= 0.1 * near["GradientFlow"], near
+    assert near["PrincipalFlow"] < near["ModifiedFlow"], near
+
+
 def test_state_stays_real_below_one_over_eta():
     problem = toy(VALLEY, 1.0, 0.1)
     lr = 0.8 / float(flows.sharpness(problem.flat_loss, problem.w0))
