@@ -20,7 +20,10 @@ against the discrete ν it models. Diagonal RMSProp uses ε = 0.1 · median |∂
 (else a coordinate whose initial gradient is near zero sets the effective sharpness,
 hence η, alone).
 
-    python benchmarks/rmsprop_alignment.py [--quick] [--out DIR]
+    python benchmarks/rmsprop_alignment.py [--quick] [--problems P,...] [--out DIR]
+
+Problems: a 4-8-2 tanh MLP on synthetic data, `reference_mlp()` and the digits MLP of
+``rmsprop_central_flow.py`` (``--quick``: the tanh MLP, β₂ = 0.9, g₀², 60 steps).
 
 writes ``alignment.csv``, ``alignment.md``, ``distance.png`` and ``nu_error.png`` to
 ``--out`` (default ``runs/rmsprop_alignment/``).
@@ -43,7 +46,7 @@ from jaxtyping import Array
 from flows.linalg.eigen import DenseEigh, Lanczos, top_eigenpairs
 from flows.linalg.hvp import gradient
 from flows.optimizers import GD, RMSProp, ScalarRMSProp
-from flows.problems import mlp, reference_mlp, synthetic_regression
+from flows.problems import digits, mlp, reference_mlp, synthetic_regression
 from flows.simulate import run_discrete, run_flow
 from flows.vector_fields import GradientFlow, ModifiedFlow
 
@@ -102,6 +105,16 @@ INITS = {
 def small_tanh_mlp():
     data = synthetic_regression(n=32, d_in=4, d_out=2, seed=1)
     return mlp(data, [8], activation="tanh", loss="mse", seed=1)
+
+
+PROBLEMS = {
+    "tanh_mlp": small_tanh_mlp,
+    "reference_mlp": reference_mlp,
+    # The digits MLP of rmsprop_central_flow.py.
+    "digits_mlp": lambda: mlp(
+        digits(n=100, standardize=False), [32], activation="tanh", loss="mse"
+    ),
+}
 
 
 @eqx.filter_jit
@@ -192,14 +205,19 @@ def main():
     parser.add_argument("--out", default="runs/rmsprop_alignment")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--sharpness", type=float, default=1.0)
+    parser.add_argument(
+        "--problems", default=",".join(PROBLEMS), help=f"comma-separated, from {sorted(PROBLEMS)}"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (60 if args.quick else 300)
     every = 5  # steps between effective-sharpness evaluations
-    problems = {"tanh_mlp": small_tanh_mlp}
-    if not args.quick:
-        problems["reference_mlp"] = lambda: reference_mlp(draw="numpy")  # as recorded
+    names = ["tanh_mlp"] if args.quick else args.problems.split(",")
+    unknown = sorted(set(names) - set(PROBLEMS))
+    if unknown:
+        parser.error(f"unknown problem(s) {unknown}; choose from {sorted(PROBLEMS)}")
+    problems = {name: PROBLEMS[name] for name in names}
     betas = [0.9] if args.quick else [0.9, 0.99]
     optimizers = {
         "scalar_rmsprop": (AlignedScalarRMSProp, ScalarRMSProp),
@@ -218,11 +236,11 @@ def main():
             peak_sharpness=f"{peak:.3f}",
             mean_sharpness=f"{mean:.3f}",
             variant=variant,
-            stable_final=f"{stable[-1]:.4f}",
-            stable_worst=f"{stable.max():.4f}",
+            stable_final=f"{stable[-1]:.5g}",
+            stable_worst=f"{stable.max():.5g}",
             over_gd_peak="",
             over_gd_mean="",
-            modified_final=f"{modified[-1]:.5f}",
+            modified_final=f"{modified[-1]:.5g}",
             nu_err_max="",
             nu_err_final="",
             nu_k_err_max="",

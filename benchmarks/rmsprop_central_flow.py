@@ -11,7 +11,7 @@ eigenvalues. Each case's η is one where the effective sharpness λ_max(P⁻¹H)
 run rises from well below 2 and reaches 2 by progressive sharpening, after a few hundred
 steps (no catapult at the start).
 
-Cases (1000 steps each): `reference_mlp(draw="numpy")` (433 parameters) and a 64-32-10
+Cases (1000 steps each): `reference_mlp()` (the published instance, 433 parameters) and a 64-32-10
 tanh MLP on 100 digits (pixels in [0, 1], ½‖f − y‖², 2,410 parameters), each with scalar
 RMSProp and with diagonal RMSProp (ε > 0: the digits have dead pixels whose ν stays 0).
 
@@ -21,11 +21,12 @@ Per case:
   and, independently, the top eigenvalue of P⁻¹(τ)H at its saved points every 10 steps
   (`flows.eigen_tracking.track` with the flow's P⁻¹ series); the largest |μ − 2| / 2 after
   the edge (the first step where Σ ≠ 0);
-- ‖w_disc − w_CF‖ / ‖w_disc − w₀‖ at the end, its maximum after the edge and from 100 steps
-  after the edge on, and the same for the stable flow (``"gradient_flow"`` with the same
-  optimizer); also against the discrete run in float32, whose rounding noise starts the
-  oscillation soon after the edge (in float64 it grows from 1e-16 and the run first overshoots
-  the edge along the stable flow);
+- ‖w_disc − w_CF‖ / ‖w_disc − w₀‖ at the end and its maximum after the edge, against the
+  discrete run in float32 (as the reference implementations and the GD benchmark run it:
+  its rounding noise starts the oscillation soon after the edge) and in float64 (where the
+  oscillation grows from 1e-16, so the run first overshoots the edge along the stable flow;
+  also the maximum from 100 steps after the edge on); the stable flow (``"gradient_flow"``
+  with the same optimizer) at the end;
 - ν along the flow against the discrete ν: ‖ν(k) − ν̄_k‖ / ‖ν̄_k‖ with ν̄_k = ½(ν_{k−1} + ν_k)
   (the discrete ν the flow's ν(k) models), and the same between the time averages of both
   (each Gaussian-smoothed with σ = 50 steps, per coordinate: the discrete ν comes in bursts
@@ -35,17 +36,17 @@ Per case:
   prediction smoothed alike (which cancels the smoothing's own bias on a curved loss);
 - cost: run time of the 1000 steps (compilation separate) against the GD central flow on the
   same problem and the same number of steps, in the same process (GD at η = 0.1 on both: on
-  the reference MLP it reaches the edge by progressive sharpening at step 237; on the digits
+  the reference MLP it reaches the edge by progressive sharpening at step 347; on the digits
   MLP GD does not sharpen — at η ≤ 0.08 it never reaches the edge — so η = 0.1 is at the edge
   from the start, with 2 eigenvalues there), and against the discrete run.
 
 Outputs (``--out``, default ``runs/rmsprop_central_flow/``): ``results.json``, ``table.md`` and
 ``<case>.png`` (loss raw/smoothed/central flow/prediction/stable flow; effective sharpness of
-the discrete run (midpoints) and of the central flow against 2; distances disc–CF and
-disc–stable flow; ν's relative error). No GPU in this environment: times are the CPU's.
+the discrete run (midpoints) and of the central flow against 2; distances disc–CF (float32
+and float64 runs) and disc–stable flow; ν's relative error).
 
 Run: ``python benchmarks/rmsprop_central_flow.py [--quick] [--out DIR]`` (``--quick``: the
-scalar reference case, 500 steps, no float32 run).
+scalar reference case, 500 steps).
 """
 
 from __future__ import annotations
@@ -81,15 +82,10 @@ def digits_mlp():
     return mlp(digits(n=100, standardize=False), [32], activation="tanh", loss="mse")
 
 
-def reference_numpy_draw():
-    """The reference MLP as drawn when the recorded figures were measured."""
-    return reference_mlp(draw="numpy")
-
-
 # name: (problem factory, optimizer, η, options, GD central flow's η)
 CASES = {
-    "reference, scalar": (reference_numpy_draw, "scalar_rmsprop", 0.02, {}, 0.1),
-    "reference, diagonal": (reference_numpy_draw, "rmsprop", 0.001, {"eps": 5e-4}, 0.1),
+    "reference, scalar": (reference_mlp, "scalar_rmsprop", 0.02, {}, 0.1),
+    "reference, diagonal": (reference_mlp, "rmsprop", 0.001, {"eps": 5e-4}, 0.1),
     "digits, scalar": (digits_mlp, "scalar_rmsprop", 0.04, {}, 0.1),
     "digits, diagonal": (digits_mlp, "rmsprop", 0.001, {"eps": 1e-3}, 0.1),
 }
@@ -126,7 +122,7 @@ def distances(params, reference, edge):
     }
 
 
-def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out, float32):
+def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out):
     problem = make_problem()
     print(f"== {name}: {problem.num_params} parameters, {optimizer}, η = {lr}, {options}",
           flush=True)
@@ -165,10 +161,12 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out, floa
         "options": options, "steps": steps, "status": cf.status, "edge_step": edge,
         "sharpness": sharpness, "cf_vs_disc": cf_dist, "stable_vs_disc": sf_dist,
     }
-    if float32:
-        disc32 = flows.simulate(problem.astype(jnp.float32), optimizer, **common)
-        result["cf_vs_disc32"] = distances(cf.params, disc32.params, edge)[1]
-        result["stable_vs_disc32"] = distances(stable.params, disc32.params, edge)[1]
+    # The run in float32, as the reference implementations run it: its rounding noise
+    # starts the oscillation soon after the edge, where the float64 run first overshoots the
+    # edge along the stable flow until an oscillation grown from 1e-16 catapults it back.
+    disc32 = flows.simulate(problem.astype(jnp.float32), optimizer, **common)
+    rel_cf32, result["cf_vs_disc32"] = distances(cf.params, disc32.params, edge)
+    result["stable_vs_disc32"] = distances(stable.params, disc32.params, edge)[1]
 
     # ν: against the midpoint of the discrete ν and against its Gaussian smoothing.
     nu_disc = np.asarray(disc.extras["nu"])
@@ -206,7 +204,7 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out, floa
         "ratio_to_disc": cf.wall_time / disc.wall_time,
     }
     plot(out / f"{name.replace(', ', '_')}.png", name, disc, stable, cf, edge, smooth_loss,
-         (check_steps, check_mu), (rel_cf, rel_sf), (err_mid, err_smooth, err_stable))
+         (check_steps, check_mu), (rel_cf32, rel_cf, rel_sf), (err_mid, err_smooth, err_stable))
     print("   " + json.dumps({k: v for k, v in result.items() if k not in ("options",)}),
           flush=True)
     return result
@@ -236,8 +234,9 @@ def plot(path, title, disc, stable, cf, edge, smooth_loss, check, rel, nu_errors
     ax.set_title("effective sharpness λ(P⁻¹H)")
     ax.legend(fontsize=8)
     ax = axes[2]
-    ax.plot(steps, rel[0], c="k", label="‖w_disc − w_CF‖ / ‖w_disc − w₀‖")
-    ax.plot(steps, rel[1], c="r", ls="--", label="‖w_disc − w_SF‖ / ‖w_disc − w₀‖")
+    ax.plot(steps, rel[0], c="k", label="‖w_disc − w_CF‖ / ‖w_disc − w₀‖, float32 run")
+    ax.plot(steps, rel[1], c="C1", label="… float64 run")
+    ax.plot(steps, rel[2], c="r", ls="--", label="‖w_disc − w_SF‖ / ‖w_disc − w₀‖")
     ax.axvline(edge, c="gray", ls=":", label="edge (CF)")
     ax.axhline(0.05, c="gray", lw=0.5)
     ax.set_yscale("log")
@@ -260,23 +259,24 @@ def plot(path, title, disc, stable, cf, edge, smooth_loss, check, rel, nu_errors
 def table(results) -> str:
     lines = [
         "| case | η | edge step | max \\|μ−2\\|/2 after edge (report / eigensolve) | "
-        "CF final | CF max after edge (step) | CF max from edge+100 | SF final | "
-        "CF vs float32 run: max after edge / final | ν err. vs ½(ν_{k−1}+ν_k): "
-        "before edge max, after: median / max | ν err., both smoothed: median / max | "
+        "CF vs float32 run: max after edge (step) / final | stable flow final (float32) | "
+        "CF vs float64 run: max after edge (step) / from edge+100 / final | "
+        "ν err. vs ½(ν_{k−1}+ν_k): before edge max, after: median / max | "
+        "ν err., both smoothed: median / max | "
         "pred. loss median err (vs smoothed / both smoothed) | eigenvalues at edge |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        s, c, n = r["sharpness"], r["cf_vs_disc"], r["nu"]
-        c32 = r.get("cf_vs_disc32")
-        f32 = f"{c32['max_after_edge']:.2%} / {c32['final']:.2%}" if c32 else "–"
+        s, c, c32, n = r["sharpness"], r["cf_vs_disc"], r["cf_vs_disc32"], r["nu"]
         eps = f", ε={r['options']['eps']:g}" if "eps" in r["options"] else ""
         lines.append(
             f"| {name} | {r['lr']:g}{eps} | {r['edge_step']} | "
             f"{s['max_rel_deviation_report']:.2e} / "
-            f"{s['max_rel_deviation_eigensolve']:.2e} | {c['final']:.2%} | "
-            f"{c['max_after_edge']:.2%} ({c['argmax_after_edge']}) | "
-            f"{c['max_from_edge_plus_100']:.2%} | {r['stable_vs_disc']['final']:.1%} | {f32} | "
+            f"{s['max_rel_deviation_eigensolve']:.2e} | "
+            f"{c32['max_after_edge']:.2%} ({c32['argmax_after_edge']}) / {c32['final']:.2%} | "
+            f"{r['stable_vs_disc32']['final']:.1%} | "
+            f"{c['max_after_edge']:.2%} ({c['argmax_after_edge']}) / "
+            f"{c['max_from_edge_plus_100']:.2%} / {c['final']:.2%} | "
             f"{n['before_edge_max']:.2%}; {n['midpoint_median']:.1%} / {n['midpoint_max']:.0%} | "
             f"{n['smoothed_median']:.1%} / {n['smoothed_max']:.1%} | "
             f"{r['predicted_loss_median_error']:.2%} / "
@@ -308,7 +308,7 @@ def main():
     cases = dict(list(CASES.items())[:1]) if args.quick else CASES
     steps = 500 if args.quick else 1000
     results = {
-        name: run_case(name, *case, steps=steps, out=args.out, float32=not args.quick)
+        name: run_case(name, *case, steps=steps, out=args.out)
         for name, case in cases.items()
     }
     text = table(results)
