@@ -26,7 +26,8 @@ Per case:
   its rounding noise starts the oscillation soon after the edge) and in float64 (where the
   oscillation grows from 1e-16, so the run first overshoots the edge along the stable flow;
   also the maximum from 100 steps after the edge on); the stable flow (``"gradient_flow"``
-  with the same optimizer) at the end;
+  with the same optimizer) at the end, and the step from which the central flow stays closer
+  to the run than the stable flow;
 - ν along the flow against the discrete ν: ‖ν(k) − ν̄_k‖ / ‖ν̄_k‖ with ν̄_k = ½(ν_{k−1} + ν_k)
   (the discrete ν the flow's ν(k) models), and the same between the time averages of both
   (each Gaussian-smoothed with σ = 50 steps, per coordinate: the discrete ν comes in bursts
@@ -122,6 +123,13 @@ def distances(params, reference, edge):
     }
 
 
+def closer_from(rel_cf, rel_sf, edge) -> int:
+    """The first step after the edge from which the central flow stays closer to the run
+    than the stable flow (the two flows coincide at the edge and part slowly)."""
+    farther = np.nonzero(rel_cf[edge + 1 :] >= rel_sf[edge + 1 :])[0]
+    return int(edge + 1 + (farther[-1] + 1 if farther.size else 0))
+
+
 def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out):
     problem = make_problem()
     print(f"== {name}: {problem.num_params} parameters, {optimizer}, η = {lr}, {options}",
@@ -166,7 +174,11 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out):
     # edge along the stable flow until an oscillation grown from 1e-16 catapults it back.
     disc32 = flows.simulate(problem.astype(jnp.float32), optimizer, **common)
     rel_cf32, result["cf_vs_disc32"] = distances(cf.params, disc32.params, edge)
-    result["stable_vs_disc32"] = distances(stable.params, disc32.params, edge)[1]
+    rel_sf32, result["stable_vs_disc32"] = distances(stable.params, disc32.params, edge)
+    result["cf_closer_from"] = {
+        "float32": closer_from(rel_cf32, rel_sf32, edge),
+        "float64": closer_from(rel_cf, rel_sf, edge),
+    }
 
     # ν: against the midpoint of the discrete ν and against its Gaussian smoothing.
     nu_disc = np.asarray(disc.extras["nu"])
@@ -260,11 +272,12 @@ def table(results) -> str:
     lines = [
         "| case | η | edge step | max \\|μ−2\\|/2 after edge (report / eigensolve) | "
         "CF vs float32 run: max after edge (step) / final | stable flow final (float32) | "
+        "CF closer than stable flow from step (float32 / float64 run) | "
         "CF vs float64 run: max after edge (step) / from edge+100 / final | "
         "ν err. vs ½(ν_{k−1}+ν_k): before edge max, after: median / max | "
         "ν err., both smoothed: median / max | "
         "pred. loss median err (vs smoothed / both smoothed) | eigenvalues at edge |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         s, c, c32, n = r["sharpness"], r["cf_vs_disc"], r["cf_vs_disc32"], r["nu"]
@@ -275,6 +288,7 @@ def table(results) -> str:
             f"{s['max_rel_deviation_eigensolve']:.2e} | "
             f"{c32['max_after_edge']:.2%} ({c32['argmax_after_edge']}) / {c32['final']:.2%} | "
             f"{r['stable_vs_disc32']['final']:.1%} | "
+            f"{r['cf_closer_from']['float32']} / {r['cf_closer_from']['float64']} | "
             f"{c['max_after_edge']:.2%} ({c['argmax_after_edge']}) / "
             f"{c['max_from_edge_plus_100']:.2%} / {c['final']:.2%} | "
             f"{n['before_edge_max']:.2%}; {n['midpoint_median']:.1%} / {n['midpoint_max']:.0%} | "
