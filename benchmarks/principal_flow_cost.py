@@ -24,6 +24,10 @@ points in R¹⁶, float64.
    as c·n³ from the largest measured size, labelled as such.
 3. A 50k+ parameter MLP (16-256-192-1): the Lanczos path runs (2 units of step time) where
    the dense path refuses (``path='dense'`` raises above 5000 parameters).
+4. Not in the default run (``--parts dense``, a few minutes): one dense evaluation at the
+   10k size of part 2, measured, through the dense path's own calls (the flow itself
+   refuses ``path='dense'`` there), and the principal flow's cost per unit of step time
+   that follows from it.
 
 Run: ``python benchmarks/principal_flow_cost.py [--quick] [--out DIR] [--parts ...]`` (the
 full run takes about half an hour on a 2-core CPU, most of it the dense path of part 1). On a
@@ -47,6 +51,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flows  # noqa: E402
+from flows.linalg.hvp import gradient, hessian  # noqa: E402
+from flows.linalg.matfun import dense_funm, log1m_over_x  # noqa: E402
 from flows.optimizers import GD  # noqa: E402
 from flows.problems import mlp, synthetic_regression  # noqa: E402
 from flows.simulate import default_tolerances  # noqa: E402
@@ -186,16 +192,59 @@ def solver_steps(field, t1):
     return solution.stats["num_steps"]
 
 
+def gd_step_seconds(problem, rule, steps=200) -> float:
+    jax.block_until_ready(run_discrete(problem, rule, steps))
+    start = time.perf_counter()
+    jax.block_until_ready(run_discrete(problem, rule, steps))
+    return (time.perf_counter() - start) / steps
+
+
+@eqx.filter_jit
+def dense_evaluation(problem, lr, y):
+    """The dense path's evaluation at state ``y``, as `PrincipalFlow.__call__` computes it
+    (the Hessian at the complex state from n HVPs, then ``eigh`` of its real part while the
+    imaginary part is zero), called directly: ``path="dense"`` refuses models above
+    `DENSE_MAX_PARAMS` parameters."""
+    f = problem.flat_loss
+    w, _ = y
+    direction = dense_funm(lambda x: log1m_over_x(lr * x), hessian(f, w), gradient(f)(w))
+    return lr * direction
+
+
+def dense_measured(widths, steps) -> list[str]:
+    """One dense real-state evaluation at the size of `cost`, measured (minutes)."""
+    problem = network(widths)
+    n = problem.num_params
+    lr = learning_rate(problem, 0.8)
+    rule = GD(lr=jnp.asarray(lr))
+    gd = gd_step_seconds(problem, rule)
+    field = PrincipalFlow(problem=problem, rule=rule, path="lanczos")
+    y = field.initial_state()
+    compiled = dense_evaluation.lower(problem, jnp.asarray(lr), y).compile()
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(problem, jnp.asarray(lr), y))
+    seconds = time.perf_counter() - start
+    evals_per_unit = (6 * int(solver_steps(field, float(steps))) + 1) / steps
+    return [
+        f"### Dense path measured, MLP 16-{'-'.join(map(str, widths))}-1 ({n} parameters), "
+        "real state",
+        "",
+        "| | seconds | × GD step |",
+        "|---|---|---|",
+        f"| GD, one step | {gd:.2e} | 1 |",
+        f"| dense path, one evaluation, real state (measured once) | {seconds:.2e} | "
+        f"{seconds / gd:.2e} |",
+        f"| principal flow (dense, real), one unit of step time ({evals_per_unit:.1f} "
+        f"evaluations) | {evals_per_unit * seconds:.2e} | {evals_per_unit * seconds / gd:.2e} |",
+    ]
+
+
 def cost(widths, steps, cubic) -> list[str]:
     problem = network(widths)
     n = problem.num_params
     lr = learning_rate(problem, 0.8)
     rule = GD(lr=jnp.asarray(lr))
-    gd_steps = 200
-    jax.block_until_ready(run_discrete(problem, rule, gd_steps))
-    start = time.perf_counter()
-    jax.block_until_ready(run_discrete(problem, rule, gd_steps))
-    gd = (time.perf_counter() - start) / gd_steps
+    gd = gd_step_seconds(problem, rule)
 
     field = PrincipalFlow(problem=problem, rule=rule, path="lanczos")
     per_eval = timed(evaluate, field, field.initial_state())
@@ -260,8 +309,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small models, few steps")
     parser.add_argument(
         "--parts", nargs="+", default=["agreement", "scaling", "cost", "large"],
-        choices=["agreement", "scaling", "cost", "large"],
-        help="sections to run ('cost' also runs 'scaling', whose c·n³ fit it extrapolates)",
+        choices=["agreement", "scaling", "cost", "large", "dense"],
+        help="sections to run ('cost' also runs 'scaling', whose c·n³ fit it extrapolates; "
+        "'dense', not in the default, times one dense evaluation at the size of 'cost')",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +322,7 @@ def main() -> None:
             lambda: dense_scaling([[8, 8], [16, 12]]),
             lambda cubic: cost([32, 16], 2, cubic),
             lambda: large([64, 32], 1),
+            lambda: dense_measured([32, 16], 2),
         ]
     else:
         plan = [
@@ -279,6 +330,7 @@ def main() -> None:
             lambda: dense_scaling([[8, 8], [16, 12], [32, 16], [64, 16]]),
             lambda cubic: cost([128, 64], 5, cubic),
             lambda: large([256, 192], 2),
+            lambda: dense_measured([128, 64], 5),
         ]
     lines: list[str] = []
 
@@ -296,6 +348,8 @@ def main() -> None:
         report(plan[2](cubic))
     if "large" in args.parts:
         report(plan[3]())
+    if "dense" in args.parts:
+        report(plan[4]())
     (args.out / "table.md").write_text(
         "\n".join(lines) + f"({time.perf_counter() - start:.0f} s in all)\n"
     )
