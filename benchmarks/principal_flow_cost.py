@@ -51,13 +51,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flows  # noqa: E402
-from flows.linalg.hvp import gradient, hessian  # noqa: E402
-from flows.linalg.matfun import dense_funm, log1m_over_x  # noqa: E402
 from flows.optimizers import GD  # noqa: E402
 from flows.problems import mlp, synthetic_regression  # noqa: E402
 from flows.simulate import default_tolerances  # noqa: E402
 from flows.vector_fields import PrincipalFlow  # noqa: E402
-from flows.vector_fields.principal_flow import DENSE_MAX_PARAMS  # noqa: E402
+from flows.vector_fields.principal_flow import DENSE_MAX_PARAMS, dense_direction  # noqa: E402
 
 run_flow = eqx.filter_jit(flows.run_flow)
 run_discrete = eqx.filter_jit(flows.run_discrete)
@@ -201,14 +199,10 @@ def gd_step_seconds(problem, rule, steps=200) -> float:
 
 @eqx.filter_jit
 def dense_evaluation(problem, lr, y):
-    """The dense path's evaluation at state ``y``, as `PrincipalFlow.__call__` computes it
-    (the Hessian at the complex state from n HVPs, then ``eigh`` of its real part while the
-    imaginary part is zero), called directly: ``path="dense"`` refuses models above
-    `DENSE_MAX_PARAMS` parameters."""
-    f = problem.flat_loss
-    w, _ = y
-    direction = dense_funm(lambda x: log1m_over_x(lr * x), hessian(f, w), gradient(f)(w))
-    return lr * direction
+    """The dense path's evaluation at state ``y`` (the Hessian at the complex state from n
+    HVPs, then ``eigh`` of its real part while the imaginary part is zero), called
+    directly: ``path="dense"`` refuses models above `DENSE_MAX_PARAMS` parameters."""
+    return lr * dense_direction(problem.flat_loss, y[0], lr)
 
 
 def dense_measured(widths, steps) -> list[str]:

@@ -25,6 +25,13 @@ AUTO_DENSE_MAX_PARAMS = 64
 DENSE_MAX_PARAMS = 5000
 
 
+def dense_direction(f, w: Array, lr: Array) -> Array:
+    """``φ(ηH) g`` with ``φ(x) = log(1 − x)/x``, densely: the Hessian at ``w`` from n HVPs,
+    then ``eigh`` (real Hessian) or ``eig`` (complex-symmetric). `PrincipalFlow`'s dense
+    path; O(n³) per call, so the flow refuses it above `DENSE_MAX_PARAMS` parameters."""
+    return dense_funm(lambda x: log1m_over_x(lr * x), hessian(f, w), gradient(f)(w))
+
+
 class PrincipalFlow(VectorField):
     """The principal flow (PF) of GD (Rosca, Wu, Qin and Dherin, "On a continuous time
     model of gradient descent dynamics and instability in deep learning", TMLR 2023),
@@ -111,12 +118,11 @@ class PrincipalFlow(VectorField):
         f = self.problem.flat_loss
         lr = self.rule.lr
 
+        if self.resolved_path == "dense":
+            return (lr * dense_direction(f, w, lr)).astype(w.dtype), None
+
         def coefficient(eigenvalue):
             return log1m_over_x(lr * eigenvalue)
-
-        if self.resolved_path == "dense":
-            direction = dense_funm(coefficient, hessian(f, w), gradient(f)(w))
-            return (lr * direction).astype(w.dtype), None
 
         def lanczos(x):
             return lanczos_funm(
