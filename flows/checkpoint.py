@@ -258,9 +258,7 @@ class _EigenTracker:
             start = time.perf_counter()
 
             def track(problem, params):
-                values, _ = track_eigenpairs(problem, params, k, solver=self.solver)
-                finite = jnp.all(jnp.isfinite(params), axis=-1, keepdims=True)
-                return jnp.where(finite, values, jnp.nan)
+                return track_eigenpairs(problem, params, k, solver=self.solver)[0]
 
             lowered = eqx.filter_jit(track).lower(self.problem, params)
             self._compiled[key] = lowered.compile()

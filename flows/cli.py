@@ -33,7 +33,15 @@ from typing import Any
 import numpy as np
 
 from .config import Config, ConfigError, build_problem, build_specs, load_config, make_eigensolver
-from .results import RunDirectory, load_json, load_npz, save_json, save_npz, split_keys
+from .results import (
+    CorruptRunError,
+    RunDirectory,
+    load_json,
+    load_npz,
+    save_json,
+    save_npz,
+    split_keys,
+)
 
 __all__ = ["main"]
 
@@ -98,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.handler(args)
-    except ConfigError as err:  # bad input, including a checkpoint of another config
-        _error(str(err))
+    except (ConfigError, CorruptRunError) as err:  # bad input: a checkpoint of another
+        _error(str(err))  # config, a damaged run folder
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the run started: nothing to resume
         print("\nflows: interrupted", file=sys.stderr)
@@ -489,6 +497,8 @@ def _cmd_show(args) -> int:
         summary = load_json(run_dir.summary_path)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{run_dir.summary_path}: not a run summary (a JSON object)")
     if summary.get("complete") or not isinstance(summary.get("lr"), (int, float)):
         print(_format_summary(summary))
         if not summary.get("complete"):

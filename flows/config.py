@@ -505,7 +505,7 @@ _OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "codim": (lambda v: v >= 1, "a positive integer"),
     "projection_iterations": (lambda v: v >= 1, "a positive integer"),
     "restoring_rate": (lambda v: v >= 0, "a non-negative number"),
-    "initial_nu": (lambda v: v > 0, "a positive number"),
+    "initial_nu": (lambda v: v >= 0, "a non-negative number"),
 }
 
 

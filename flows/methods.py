@@ -123,6 +123,7 @@ def make_method(
     if method in OPTIMIZERS:
         return make_rule(method, lr, problem, options)
     rule = make_rule(optimizer, lr, problem, options)
+    rule.check_continuous()
     cls = FLOWS[method]
     flow_kwargs = {k: v for k, v in options.items() if k in _field_names(cls)}
     return cls(problem=problem, rule=rule, **flow_kwargs)

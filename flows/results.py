@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "RunDirectory",
+    "CorruptRunError",
     "atomic_write_bytes",
     "save_npz",
     "load_npz",
@@ -45,6 +46,10 @@ SUMMARY = "summary.json"
 CHUNKS = "chunks"
 
 
+class CorruptRunError(ValueError):
+    """A run directory's file is unreadable or missing (bad input, reported in one line)."""
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
@@ -55,9 +60,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedIOBase], Any]) -> None:
@@ -77,7 +97,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file; ValueError (naming the file) if it is corrupt."""
+    """All arrays of an ``.npz`` file; `CorruptRunError` (naming the file) if it is corrupt."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -85,7 +105,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise ValueError(f"{path}: unreadable (truncated or corrupt file): {err}") from None
+        raise CorruptRunError(f"{path}: unreadable (truncated or corrupt file): {err}") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,7 +135,7 @@ def load_json(path: str | os.PathLike) -> Any:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable (truncated or corrupt file): {err}") from None
+        raise CorruptRunError(f"{path}: unreadable (truncated or corrupt file): {err}") from None
 
 
 def split_keys(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -182,7 +202,7 @@ class RunDirectory:
             if not path.exists():
                 if count is None:
                     break
-                raise ValueError(f"{path}: missing (the run directory is incomplete)")
+                raise CorruptRunError(f"{path}: missing (the run directory is incomplete)")
             chunks.append(load_npz(path))
             index += 1
         return concatenate_chunks(chunks)

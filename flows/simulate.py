@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .eigen_tracking import tracked_eigenvalues, tracking_interval
-from .linalg.eigen import EigenSolver, top_eigenpairs
+from .eigen_tracking import track, tracked_eigenvalues, tracking_interval
+from .linalg.eigen import EigenSolver
 from .linalg.hvp import loss_and_gradient
 from .methods import is_flow, make_method
 from .optimizers.base import UpdateRule
@@ -151,6 +151,36 @@ def default_tolerances(dtype) -> tuple[float, float]:
     return 1e-5, 1e-7
 
 
+def _interval_maxima(
+    ts: Array, at_saved: dict[str, Array], step_times: Array, at_steps: dict[str, Array]
+) -> dict[str, Array]:
+    """Per saved step i, the largest value at the accepted steps in (t_{i−1}, t_i] and at
+    t_i itself; unused step slots (t = inf) fall outside every interval."""
+    interval = jnp.searchsorted(ts, step_times, side="left")
+    return {
+        name: jnp.maximum(
+            at_saved[name], jax.ops.segment_max(values, interval, num_segments=ts.shape[0])
+        )
+        for name, values in at_steps.items()
+    }
+
+
+def flow_solver(
+    field: VectorField, solver: diffrax.AbstractSolver | None = None
+) -> diffrax.AbstractSolver:
+    """The integrator `run_flow` uses: ``solver``, else the flow's own (the central flow's
+    tracks eigenvectors), else Tsit5."""
+    if solver is not None:
+        return solver
+    default_solver = getattr(field, "default_solver", None)
+    return diffrax.Tsit5() if default_solver is None else default_solver()
+
+
+def is_adaptive(solver: diffrax.AbstractSolver, dt0: float | None) -> bool:
+    """Whether `run_flow` steps adaptively (PID-controlled): an adaptive solver, no dt0."""
+    return isinstance(solver, diffrax.AbstractAdaptiveSolver) and dt0 is None
+
+
 def run_flow(
     field: VectorField,
     steps: int,
@@ -190,11 +220,8 @@ def run_flow(
     saved_steps = first_step + jnp.arange(steps // save_every + 1) * save_every
     ts = saved_steps.astype(jnp.real(problem.w0).dtype)
 
-    if solver is None:
-        # A flow may come with its own integrator (the central flow's tracks eigenvectors).
-        default_solver = getattr(field, "default_solver", None)
-        solver = diffrax.Tsit5() if default_solver is None else default_solver()
-    if isinstance(solver, diffrax.AbstractAdaptiveSolver) and dt0 is None:
+    solver = flow_solver(field, solver)
+    if is_adaptive(solver, dt0):
         default_rtol, default_atol = default_tolerances(problem.w0.dtype)
         controller = diffrax.PIDController(
             rtol=default_rtol if rtol is None else rtol,
@@ -209,6 +236,14 @@ def run_flow(
 
     if max_steps is None:
         max_steps = int(1000 + 200 * steps / (1.0 if dt0 is None else dt0))
+    # Quantities watched between saved steps are saved at every accepted step as well.
+    watched = bool(jax.eval_shape(field.running_maxima, ts[0], y0))
+    saveat = diffrax.SaveAt(ts=ts)
+    if watched:
+        saveat = diffrax.SaveAt(subs=[
+            diffrax.SubSaveAt(ts=ts),
+            diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: field.running_maxima(t, y)),
+        ])
     with warnings.catch_warnings():
         # diffrax warns on every complex state; the principal flow's is checked against
         # exact solutions (GD on quadratics, an independent scipy integration).
@@ -220,7 +255,7 @@ def run_flow(
             t1=ts[-1],
             dt0=dt0,
             y0=y0,
-            saveat=diffrax.SaveAt(ts=ts),
+            saveat=saveat,
             stepsize_controller=controller,
             max_steps=max_steps,
             throw=False,
@@ -228,7 +263,8 @@ def run_flow(
             adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
             progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
         )
-    ws = jax.vmap(field.parameters)(solution.ys)
+    ys = solution.ys[0] if watched else solution.ys
+    ws = jax.vmap(field.parameters)(ys)
     losses = jax.vmap(f)(ws)
     event = solution.result == diffrax.RESULTS.event_occurred
     solved = (solution.result == diffrax.RESULTS.successful) | event
@@ -243,8 +279,11 @@ def run_flow(
         earlier = start[3] >= 0
         status_code = jnp.where(earlier, start[2], status_code)
         stopped_at = jnp.where(earlier, start[3], stopped_at)
-    extras = jax.vmap(field.diagnostics)(ts, solution.ys)
-    y_last = jax.tree_util.tree_map(lambda a: a[-1], solution.ys)
+    extras = jax.vmap(field.diagnostics)(ts, ys)
+    if watched:
+        extras.update(_interval_maxima(ts, jax.vmap(field.running_maxima)(ts, ys),
+                                       solution.ts[1], solution.ys[1]))
+    y_last = jax.tree_util.tree_map(lambda a: a[-1], ys)
     return {
         "steps": saved_steps,
         "params": _mask_after(stopped_at, saved_steps, ws),
@@ -265,24 +304,27 @@ def track_eigenpairs(
     preconditioner: Array | None = None,
 ) -> tuple[Array, Array]:
     """Top-k Hessian eigenpairs at each row of ``params`` (T, n), warm-started and
-    sign-aligned from one row to the next. Returns values (T, k) and vectors (T, n, k)."""
-    f = problem.flat_loss
-    first = top_eigenpairs(f, params[0], k, solver=solver)
-
-    def step(previous, w):
-        pairs = top_eigenpairs(f, w, k, solver=solver, init=previous)
-        finite = jnp.all(jnp.isfinite(pairs.vectors))
-        return jnp.where(finite, pairs.vectors, previous), (pairs.values, pairs.vectors)
-
-    _, (values, vectors) = jax.lax.scan(step, first.vectors, params[1:])
-    values = jnp.concatenate([first.values[None], values])
-    vectors = jnp.concatenate([first.vectors[None], vectors])
-    return values, vectors
+    sign-aligned from one row to the next (`flows.eigen_tracking.track` at every row; NaN
+    rows give NaN). Returns values (T, k) and vectors (T, n, k)."""
+    pairs = track(problem, params, k, solver=solver, preconditioner=preconditioner)
+    return pairs.values, pairs.vectors
 
 
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_num_eigenvalues(value: Any, problem: Problem) -> int:
+    """0 (no tracking) or a positive integer, at most the number of parameters."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    value = _check_positive_int("num_eigenvalues", value)
+    if value > problem.num_params:
+        raise ValueError(
+            f"num_eigenvalues={value} exceeds the problem's {problem.num_params} parameters"
+        )
     return value
 
 
@@ -402,8 +444,7 @@ def simulate(
     save_every = _check_positive_int("save_every", save_every)
     if steps % save_every:
         raise ValueError(f"save_every={save_every} must divide steps={steps}")
-    if num_eigenvalues != 0:
-        num_eigenvalues = _check_positive_int("num_eigenvalues", num_eigenvalues)
+    num_eigenvalues = check_num_eigenvalues(num_eigenvalues, problem)
     built = make_method(problem, method, lr, optimizer=optimizer, options=options)
     eigen_rows = tracking_interval(save_every, eigen_every, midpoint)
     custom_tracking = eigen_every is not None or midpoint or effective_sharpness

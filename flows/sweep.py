@@ -46,7 +46,15 @@ from .linalg.eigen import EigenSolver
 from .methods import is_flow, make_method
 from .problem import Problem
 from .progress import progress_bar
-from .simulate import _check_positive_int, check_lr, run_method, track_eigenpairs
+from .simulate import (
+    _check_positive_int,
+    check_lr,
+    check_num_eigenvalues,
+    flow_solver,
+    is_adaptive,
+    run_method,
+    track_eigenpairs,
+)
 from .trajectory import Trajectory
 
 __all__ = ["sweep", "sweep_mesh", "SWEEP_AXIS"]
@@ -372,8 +380,6 @@ def sweep(
     save_every = _check_positive_int("save_every", save_every)
     if steps % save_every:
         raise ValueError(f"save_every={save_every} must divide steps={steps}")
-    if num_eigenvalues != 0:
-        num_eigenvalues = _check_positive_int("num_eigenvalues", num_eigenvalues)
     if chunk_size is not None:
         chunk_size = _check_positive_int("chunk_size", chunk_size)
 
@@ -399,7 +405,8 @@ def sweep(
     # Validate the method and its options at the boundary, with the first member's problem.
     first_varying = jax.tree_util.tree_map(lambda x: x[0], varying)
     first_problem = eqx.combine(first_varying, shared)
-    make_method(first_problem, method, lr_values[0], optimizer=optimizer, options=options)
+    first = make_method(first_problem, method, lr_values[0], optimizer=optimizer, options=options)
+    num_eigenvalues = check_num_eigenvalues(num_eigenvalues, first_problem)
 
     mesh = sweep_mesh(devices)
     num_lrs = len(lr_values)
@@ -409,9 +416,7 @@ def sweep(
     # Stiffness grows with η: similar learning rates share a chunk.
     by_lr = np.argsort(lr_values[lr_index], kind="stable")
 
-    adaptive = is_flow(method) and dt0 is None and not (
-        solver is not None and not isinstance(solver, diffrax.AbstractAdaptiveSolver)
-    )
+    adaptive = is_flow(method) and is_adaptive(flow_solver(first, solver), dt0)
     if chunk_size is None:
         chunk_size = max(4, -(-num_members // 4)) if adaptive else num_members
     chunk_size = min(chunk_size, num_members)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import diffrax
 import jax
 import numpy as np
 import pytest
@@ -259,3 +260,17 @@ def test_summary_against_eta_and_its_plot(quadratic, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="same lrs"):
         sweep_summary(run, {"lr": np.asarray([0.2, 0.1, 0.3]), "params": gd.params})
+
+
+def test_chunking_follows_the_integrator_the_flow_runs_with():
+    # Adaptive solves are chunked by learning rate (a vmapped solve runs until its slowest
+    # member ends); the central flow's own integrator is fixed-step, so it is not.
+    from flows.simulate import flow_solver, is_adaptive
+
+    problem, _, _ = quadratic_problem([1.0, 2.0, 3.0])
+    central = flows.make_method(problem, "central_flow", 0.1)
+    gradient = flows.make_method(problem, "gradient_flow", 0.1)
+    assert not is_adaptive(flow_solver(central), None)
+    assert is_adaptive(flow_solver(gradient), None)
+    assert not is_adaptive(flow_solver(gradient), 0.5)
+    assert not is_adaptive(flow_solver(gradient, diffrax.Euler()), None)

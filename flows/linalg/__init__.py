@@ -11,10 +11,18 @@ from .eigen import (
     sharpness,
     top_eigenpairs,
 )
-from .hvp import gradient, hessian, hessian_quadratic_form_grad, hvp, loss_and_gradient
+from .hvp import (
+    gradient,
+    hessian,
+    hessian_quadratic_form_grad,
+    hvp,
+    loss_and_gradient,
+    preconditioned_hvp,
+)
 
 __all__ = [
     "hvp",
+    "preconditioned_hvp",
     "hessian",
     "gradient",
     "loss_and_gradient",

@@ -24,7 +24,7 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 from jaxtyping import Array, Float, Scalar
 from matfree import decomp, eig
 
-from .hvp import hvp
+from .hvp import preconditioned_hvp
 
 __all__ = [
     "Eigenpairs",
@@ -146,21 +146,12 @@ def top_eigenpairs(
     ``v`` give the generalized eigenvectors ``p^{1/2} v`` of (H, P).
     """
     solver = default_solver(w.shape[0]) if solver is None else solver
-    if preconditioner is None:
-
-        def matvec(v):
-            return hvp(f, w, v)
-
-    else:
-        root = jnp.sqrt(preconditioner)
-
-        def matvec(v):
-            return root * hvp(f, w, root * v)
-
-    pairs = solver(matvec, w, k, init)
+    pairs = solver(preconditioned_hvp(f, w, preconditioner), w, k, init)
     if init is not None:
-        pairs = Eigenpairs(pairs.values, align_signs(pairs.vectors, init))
+        # init may carry extra (guard) columns beyond the k returned
+        pairs = Eigenpairs(pairs.values, align_signs(pairs.vectors, init[:, :k]))
     return pairs
+
 
 
 def sharpness(

@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar
 
-__all__ = ["gradient", "hvp", "hessian", "hessian_quadratic_form_grad", "loss_and_gradient"]
+__all__ = [
+    "gradient",
+    "hvp",
+    "preconditioned_hvp",
+    "hessian",
+    "hessian_quadratic_form_grad",
+    "loss_and_gradient",
+]
 
 Loss = Callable[[Array], Scalar]
 
@@ -36,6 +43,20 @@ def loss_and_gradient(f: Loss, w: Array) -> tuple[Scalar, Array]:
 def hvp(f: Loss, w: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
     """``H(w) v`` by forward-over-reverse differentiation."""
     return jax.jvp(gradient(f), (w,), (v.astype(w.dtype),))[1]
+
+
+def preconditioned_hvp(
+    f: Loss,
+    w: Float[Array, " n"],
+    preconditioner: Float[Array, " n"] | float | None = None,
+) -> Callable[[Array], Array]:
+    """``v ↦ p^{1/2} H p^{1/2} v`` for the inverse preconditioner ``p = P⁻¹`` (a scalar or
+    a diagonal; ``v ↦ Hv`` for None): the symmetric operator whose eigenvalues are those
+    of ``P⁻¹H``."""
+    if preconditioner is None:
+        return lambda v: hvp(f, w, v)
+    root = jnp.sqrt(preconditioner)
+    return lambda v: root * hvp(f, w, root * v)
 
 
 def hessian(f: Loss, w: Float[Array, " n"]) -> Float[Array, "n n"]:

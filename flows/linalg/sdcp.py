@@ -135,9 +135,11 @@ def solve_sdcp(
     alpha = 0.5 * (alpha + alpha.T)
     basis = jnp.asarray(_basis(k), dtype=dtype)
     # Congruence scaling X = D Y D: the SDCP is invariant, the Newton system better scaled.
+    # A β without a diagonal (vanishing third derivatives, as on a quadratic) stays unscaled.
     diagonal = jnp.abs(jnp.einsum("iiii->i", beta))
-    floor = jnp.maximum(jnp.max(diagonal), jnp.finfo(dtype).tiny) * eps
-    d = jnp.maximum(diagonal, floor) ** -0.25
+    largest = jnp.max(diagonal)
+    floor = jnp.maximum(largest * eps, jnp.finfo(dtype).tiny)
+    d = jnp.where(largest > 0, jnp.maximum(diagonal, floor), 1.0) ** -0.25
     alpha_s = d[:, None] * alpha * d[None, :]
     beta_s = jnp.einsum("i,j,ijkl,k,l->ijkl", d, d, beta, d, d)
     q = jnp.einsum("pij,ijkl,qkl->pq", basis, beta_s, basis)
@@ -148,6 +150,16 @@ def solve_sdcp(
         start = svec(0.5 * (init + init.T) / (d[:, None] * d[None, :]))
     y, residual, iterations = _solve_scaled(q, c, start, max_iterations, rtol)
     solution = d[:, None] * y * d[None, :]
+    # β = 0 (no third derivatives: nothing moves the eigenvalues): X = 0, the solution if
+    # α ⪰ 0; if not there is none (the QP is unbounded), and X = 0 is what the k = 1 closed
+    # form gives, with the residual of X = 0 saying so.
+    no_beta = jnp.all(beta == 0)
+    solution = jnp.where(no_beta, 0.0, solution)
+    tiny = jnp.finfo(dtype).tiny
+    zero_residual = jnp.linalg.norm(psd_projection(-alpha)) / jnp.maximum(
+        jnp.linalg.norm(alpha), tiny
+    )
+    residual = jnp.where(no_beta, zero_residual, residual)
     return SDCPSolution(
         x=solution,
         m=sdcp_map(alpha, beta, solution),
@@ -157,9 +169,12 @@ def solve_sdcp(
 
 
 def _step_and_scale(q: Array, c: Array) -> tuple[Array, Array]:
-    """The natural-residual step t (1/‖q‖ in the max-row-sum norm) and the problem's scale."""
+    """The natural-residual step t (1/‖q‖ in the max-row-sum norm, 1 for q = 0) and the
+    problem's scale."""
     tiny = jnp.finfo(q.dtype).tiny
-    step = 1.0 / jnp.maximum(jnp.max(jnp.sum(jnp.abs(q), axis=1)), tiny)
+    row_sum = jnp.max(jnp.sum(jnp.abs(q), axis=1))
+    # q = 0 (β = 0): the natural residual X − Π(X − t c) has the same zeros for every t > 0.
+    step = jnp.where(row_sum > 0, 1.0 / jnp.maximum(row_sum, tiny), 1.0)
     return step, jnp.maximum(jnp.linalg.norm(step * c), tiny)
 
 

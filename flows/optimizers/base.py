@@ -70,6 +70,10 @@ class UpdateRule(eqx.Module):
         ``grad_sq`` defaults to ``g ⊙ g``.
         """
 
+    def check_continuous(self) -> None:
+        """Raise ValueError if these hyperparameters have no continuous-time counterpart
+        (called when a flow is built on the rule; nothing to check by default)."""
+
     def initial_flow_state(self, f: Loss, w: Float[Array, " n"]) -> State:
         """The state s(0) a flow starts from, by default the discrete state after step 0.
 

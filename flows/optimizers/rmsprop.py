@@ -71,6 +71,14 @@ class RMSProp(UpdateRule):
     def _second_moment(self, grad_sq):
         return grad_sq
 
+    def check_continuous(self):
+        # dν/dτ = −log(β₂)(…): β₂ = 0 (ν = g ⊙ g at every step) relaxes infinitely fast.
+        if isinstance(self.beta2, (int, float)) and not 0 < self.beta2 < 1:
+            raise ValueError(
+                f"beta2 must be in (0, 1) for a flow (its ν relaxes at rate −log β₂), "
+                f"got {self.beta2!r}"
+            )
+
     def init(self, f, w):
         if self.initial_nu is None:
             return self._second_moment(jnp.real(gradient(f)(w)) ** 2)

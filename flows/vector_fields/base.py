@@ -5,7 +5,7 @@ A flow is an equinox module called as ``(t, y, args) -> dy/dτ`` in *step time*
 "Time convention"), so it plugs straight into ``diffrax.ODETerm``. Besides the
 derivative it says how to start (`initial_state`), how to read the real
 parameters off its state (`parameters`), and which diagnostics to report at the
-saved steps (`diagnostics`).
+saved steps (`diagnostics`, and `running_maxima` over the steps in between).
 """
 
 from __future__ import annotations
@@ -55,4 +55,11 @@ class VectorField(eqx.Module):
 
     def diagnostics(self, t: Scalar, y: PyTree) -> dict[str, Array]:
         """Extra quantities reported at the saved steps (none by default)."""
+        return {}
+
+    def running_maxima(self, t: Scalar, y: PyTree) -> dict[str, Scalar]:
+        """Scalars reported at each saved step as their largest value since the previous
+        one, over the integrator's accepted steps and the saved step itself (none by
+        default): what happens *between* saved steps, e.g. how complex the principal
+        flow's state gets while it is real again at every integer step of a quadratic."""
         return {}

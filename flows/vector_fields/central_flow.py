@@ -75,7 +75,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
 from ..linalg.eigen import DenseEigh, EigenSolver, Lanczos, top_eigenpairs
-from ..linalg.hvp import gradient, hessian_quadratic_form_grad, hvp, loss_and_gradient
+from ..linalg.hvp import (
+    gradient,
+    hessian_quadratic_form_grad,
+    loss_and_gradient,
+    preconditioned_hvp,
+)
 from ..linalg.rayleigh_ritz import block_rayleigh_ritz
 from ..linalg.sdcp import solve_sdcp
 from ..optimizers.base import UpdateRule
@@ -87,7 +92,6 @@ __all__ = [
     "CentralFlowSolver",
     "EdgeSystem",
     "edge_system",
-    "third_derivatives",
 ]
 
 
@@ -101,21 +105,6 @@ def _pair_order(k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def third_derivatives(
-    f: Callable[[Array], Scalar], w: Float[Array, " n"], u: Float[Array, "n k"]
-) -> Float[Array, "k k n"]:
-    """``g_ij = ∇_w(u_iᵀ H(w) u_j)`` for all i, j: k(k+1)/2 gradients of HVP forms."""
-    k, n = u.shape[1], w.shape[0]
-    if k == 0:
-        return jnp.zeros((0, 0, n), w.dtype)
-    rows, cols = _pair_order(k)
-    pairs = jax.vmap(lambda a, b: hessian_quadratic_form_grad(f, w, a, b))(
-        u[:, rows].T, u[:, cols].T
-    )
-    full = jnp.zeros((k, k, n), pairs.dtype)
-    return full.at[rows, cols].set(pairs).at[cols, rows].set(pairs)
-
-
 def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
     widths = [(0, 0)] * x.ndim
     for axis in axes:
@@ -124,7 +113,7 @@ def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
 
 
 def _active_third_derivatives(f, w, u, num_active: Int[Array, ""]) -> Array:
-    """`third_derivatives` of the top ``num_active`` columns of u, zero elsewhere.
+    """``g_ij = ∇_w(u_iᵀ H(w) u_j)`` for the top ``num_active`` columns of u, zero elsewhere.
 
     A loop of ``r(r+1)/2`` iterations (r = ``num_active``, a traced value): only the
     pairs at the edge are differentiated, none in the stable phase.
@@ -361,6 +350,14 @@ class CentralFlow(VectorField):
             raise ValueError(
                 f"max_edge must be between 1 and num_tracked={k}, got {self.max_edge!r}"
             )
+        for name, least in (("guard", 0), ("refine_iterations", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
+        for name in ("edge_margin", "restoring_rate"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not (value >= 0 and np.isfinite(value)):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
     # -- pieces
 
@@ -387,27 +384,17 @@ class CentralFlow(VectorField):
         # the flow already at a few hundred parameters; Lanczos converges the top few.
         return DenseEigh() if n <= 128 else Lanczos(num_matvecs=min(n, 100))
 
-    def _operator(self, w, p_inv):
-        """``v ↦ P^{-1/2} H P^{-1/2} v``."""
-        f = self.problem.flat_loss
-        root = jnp.sqrt(p_inv)
-
-        def matvec(v):
-            return root * hvp(f, w, root * v)
-
-        return matvec
-
     def _geometry(self, p_inv, values, vectors) -> _Geometry:
         mu = values[: self.edge_size]
         num_active = jnp.sum(mu >= 2.0 - self.edge_margin)
         u = _scale_columns(p_inv, vectors[:, : self.edge_size])
         return _Geometry(vectors, values, u, num_active)
 
-    def _exact_geometry(self, t, w, state, init=None) -> _Geometry:
+    def _exact_geometry(self, t, w, state) -> _Geometry:
         f = self.problem.flat_loss
         p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
         pairs = top_eigenpairs(
-            f, w, self.block_size, solver=self._exact_solver(), init=init, preconditioner=p_inv
+            f, w, self.block_size, solver=self._exact_solver(), preconditioner=p_inv
         )
         return self._geometry(p_inv, pairs.values, pairs.vectors)
 
@@ -415,7 +402,7 @@ class CentralFlow(VectorField):
         f = self.problem.flat_loss
         p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
         values, vectors, _, _ = block_rayleigh_ritz(
-            self._operator(w, p_inv),
+            preconditioned_hvp(f, w, p_inv),
             vectors,
             num_converged=self.tracked,
             max_iterations=self.refine_iterations,
@@ -473,6 +460,7 @@ class CentralFlow(VectorField):
 
     def evaluate(self, t, w, state=None) -> EdgeSummary:
         """The `EdgeSummary` at (t, w, s), eigenpairs computed from scratch."""
+        t = jnp.asarray(t, jnp.real(w).dtype)  # e.g. an integer saved step
         geometry = self._exact_geometry(t, w, state)
         return self._summary(t, geometry, self._evaluate(t, w, state, geometry)[1])
 

@@ -89,6 +89,20 @@ def test_warm_start_aligns_signs_with_previous_vectors():
     np.testing.assert_allclose(again.vectors, flipped, atol=1e-8)
 
 
+def test_warm_start_may_carry_extra_guard_columns():
+    h = random_symmetric([3.0, 2.0, 1.0, 0.5, 0.1, 0.0, -1.0, -2.0], seed=2)
+    hj = jnp.asarray(h)
+
+    def f(w):
+        return 0.5 * w @ hj @ w
+
+    w = jnp.zeros(8)
+    four = flows.top_eigenpairs(f, w, 4, solver=flows.DenseEigh())
+    two = flows.top_eigenpairs(f, w, 2, solver=flows.DenseEigh(), init=-four.vectors)
+    np.testing.assert_allclose(two.values, [3.0, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(two.vectors, -four.vectors[:, :2], atol=1e-10)
+
+
 def test_sharpness_of_quadratic_and_effective_sharpness():
     h = random_symmetric([4.0, 1.0, 0.5], seed=1)
     hj = jnp.asarray(h)

@@ -95,6 +95,19 @@ def test_zero_solution_when_alpha_is_psd():
     np.testing.assert_array_equal(solution.x, np.zeros((3, 3)))
 
 
+def test_zero_beta_gives_zero_and_says_whether_that_solves_it():
+    # β = 0 (vanishing third derivatives, as on a quadratic): X = 0 solves the SDCP iff
+    # α ⪰ 0; otherwise there is no solution, and the residual of X = 0 says so.
+    beta = jnp.zeros((2, 2, 2, 2))
+    psd = solve(jnp.asarray(random_symmetric([0.08, 0.05], seed=1)), beta)
+    np.testing.assert_array_equal(psd.x, np.zeros((2, 2)))
+    assert float(psd.residual) == 0.0
+    indefinite = solve(jnp.asarray(random_symmetric([0.08, -0.05], seed=1)), beta)
+    np.testing.assert_array_equal(indefinite.x, np.zeros((2, 2)))
+    # ‖Π₊(−α)‖ / ‖α‖ for X = 0
+    assert np.isclose(float(indefinite.residual), 0.05 / np.hypot(0.08, 0.05), rtol=1e-12)
+
+
 @pytest.mark.parametrize("k", [3, 5])
 def test_complementarity_on_many_ill_conditioned_problems(k):
     # Eigendirections of very different scales (Gram tensors as in the central flow),

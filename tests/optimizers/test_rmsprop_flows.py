@@ -229,3 +229,15 @@ def test_flow_from_zeros_with_bias_correction_starts_half_a_step_back():
             disc["params"], _flow(GradientFlow(problem, wrong))["params"], problem.w0
         )
         assert wrong_gap > 2 * gap, (wrong_gap, gap)
+
+
+def test_beta2_zero_has_no_flow():
+    # ν_k = g_k ⊙ g_k at every step: a discrete rule, but a flow's ν would relax at rate
+    # −log 0 = ∞, so building one is refused with the key named.
+    problem = _problem()
+    discrete = flows.simulate(problem, "rmsprop", lr=0.01, steps=3, beta2=0.0, eps=1e-3)
+    assert discrete.status == "ok"
+    for method in ("gradient_flow", "central_flow"):
+        with pytest.raises(ValueError, match="beta2"):
+            flows.make_method(problem, method, 0.01, optimizer="rmsprop",
+                              options={"beta2": 0.0})

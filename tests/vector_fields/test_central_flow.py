@@ -13,7 +13,7 @@ import pytest
 import flows
 from flows.simulate import run_flow
 from flows.vector_fields.central_flow import TABLEAUS, CentralFlow, CentralFlowSolver
-from tests.helpers import tanh_mlp_problem
+from tests.helpers import quadratic_problem, tanh_mlp_problem
 from tests.linalg.test_sdcp import scipy_qp
 
 STEPS = 100
@@ -205,11 +205,41 @@ def test_bad_options_are_rejected(mlp):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=0)
     with pytest.raises(ValueError, match="max_edge"):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=2, max_edge=3)
+    with pytest.raises(ValueError, match="guard"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), guard=-3)
+    with pytest.raises(ValueError, match="refine_iterations"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), refine_iterations=0)
+    with pytest.raises(ValueError, match="edge_margin"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), edge_margin=-0.1)
     with pytest.raises(ValueError, match="method"):
         CentralFlowSolver(method="rk9")
     assert set(TABLEAUS) == {"euler", "heun", "rk3", "rk4"}
     with pytest.raises(ValueError, match="restoring"):
         flows.simulate(mlp, "central_flow", lr=0.1, steps=2, restoring=1.0)
+
+
+def test_two_eigenvalues_near_the_edge_of_a_quadratic_are_rk4_gradient_flow():
+    # ηλ = 1.95 and 1.92 are both inside the edge margin, so the two-eigenvalue
+    # complementarity problem is solved, with β = 0 (no third derivatives): X = 0 and the
+    # flow is gradient flow, which the default RK4 steps exactly as R(−ηH)^k w₀.
+    problem, h, w0 = quadratic_problem([19.5, 19.2, 5.0, 1.0], seed=2)
+    lr, steps = 0.1, 12
+    run = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_tracked=2)
+    z = -lr * h
+    rk4 = np.eye(4) + z + z @ z / 2 + z @ z @ z / 6 + z @ z @ z @ z / 24
+    expected = np.stack([np.linalg.matrix_power(rk4, k) @ w0 for k in range(steps + 1)])
+    assert run.status == "ok"
+    np.testing.assert_allclose(run.params, expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(run.extras["sigma_trace"], 0.0)
+    np.testing.assert_allclose(run.eigenvalues[:, :2], [[19.5, 19.2]] * (steps + 1), rtol=1e-12)
+
+
+def test_evaluate_at_an_integer_step(mlp):
+    field = CentralFlow(problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=2)
+    at_int = field.evaluate(3, mlp.w0)
+    at_float = field.evaluate(jnp.asarray(3.0), mlp.w0)
+    np.testing.assert_array_equal(at_int.effective_eigenvalues, at_float.effective_eigenvalues)
+    assert float(at_int.time) == 3.0
 
 
 def test_forward_mode_derivative_on_the_valley_is_analytic():
