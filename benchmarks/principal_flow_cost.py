@@ -136,7 +136,7 @@ def agreement(cases, steps) -> list[str]:
         gap = np.linalg.norm(lanczos - dense, axis=1)
         relative = gap / np.linalg.norm(dense, axis=1)
         to_displacement = gap[1:] / np.linalg.norm(dense - dense[0], axis=1)[1:]
-        imag = float(np.max(np.asarray(runs["dense"]["extras"]["max_imag"])))
+        imag = float(np.max(np.asarray(runs["dense"]["extras"]["imag_at_step"])))
         loss = np.asarray(runs["dense"]["loss"])
         lines.append(
             f"| 16-{'-'.join(map(str, widths))}-1 | {problem.num_params} | {start_label} | {c} | "

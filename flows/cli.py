@@ -337,6 +337,8 @@ def _method_summary(
         entry["two_over_lr"] = 2.0 / lr
     if i is not None and "distance" in arrays:
         entry["distance_to_reference"] = _number(np.asarray(arrays["distance"])[i])
+    if "max_imag" in arrays:  # the principal flow: how complex its state got
+        entry["max_imag"] = _number(np.nanmax(np.asarray(arrays["max_imag"])))
     return entry
 
 

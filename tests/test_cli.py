@@ -131,6 +131,45 @@ def test_overwrite_replaces_another_run(tmp_path):
     np.testing.assert_allclose(params[-1], (1 - 0.2 * EIGS) ** 10, rtol=1e-12)
 
 
+def test_damaged_run_folder_is_one_line_of_bad_input(tmp_path):
+    small = copy.deepcopy(QUADRATIC)
+    small["methods"] = {"gd": {}}
+    small["run"].update(steps=8, num_eigenvalues=0, checkpoint_every=4)
+    config = write_config(tmp_path / "a.toml", small)
+    assert run_cli("run", config, "--out", tmp_path / "run")[0] == 0
+    (tmp_path / "run" / "chunks" / "00000.npz").write_bytes(b"not an npz file")
+    code, _, err = run_cli("run", config, "--out", tmp_path / "run")
+    assert code == 2
+    assert_one_line_error(err.strip().splitlines()[-1])  # after the run's header line
+    assert "Traceback" not in err
+    assert "00000.npz" in err and "corrupt" in err
+    (tmp_path / "run" / "summary.json").write_text("[1, 2]")
+    code, _, err = run_cli("show", tmp_path / "run")
+    assert code == 2
+    assert_one_line_error(err)
+    assert "summary.json" in err
+
+
+def test_principal_flow_reports_its_largest_imaginary_part(tmp_path):
+    # ½wᵀdiag(0.5, 2, 15)w from w₀ = 1 at η = 0.1: the ηλ = 1.5 mode is (−0.5)^τ, whose
+    # imaginary part 0.5^τ sin(πτ) the flow's state takes between integer steps.
+    config = copy.deepcopy(QUADRATIC)
+    config["problem"]["eigenvalues"] = [0.5, 2.0, 15.0]
+    config["methods"] = {"gd": {}, "principal_flow": {"rtol": 1e-10, "atol": 1e-12}}
+    config["run"].update(steps=6, num_eigenvalues=0, checkpoint_every=6)
+    write_config(tmp_path / "pf.toml", config)
+    code, _, err = run_cli("run", tmp_path / "pf.toml", "--out", tmp_path / "run")
+    assert code == 0, err
+    results = load_results(tmp_path / "run")
+    np.testing.assert_allclose(results["principal_flow/params"], results["gd/params"],
+                               rtol=1e-8, atol=1e-12)
+    tau = np.linspace(0, 6, 600001)
+    supremum = np.max(0.5**tau * np.abs(np.sin(np.pi * tau)))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert math.isclose(summary["methods"]["principal_flow"]["max_imag"], supremum, rel_tol=0.02)
+    assert "max_imag" not in summary["methods"]["gd"]
+
+
 def test_divergence_stops_one_method_and_the_others_go_on(tmp_path):
     eigs, lr = np.array([1.0, 25.0]), 0.1  # η λ = 2.5 > 2: GD diverges, the flows do not
     config = {

@@ -51,9 +51,10 @@ class PrincipalFlow(VectorField):
     axis (`flows.linalg.matfun.shifted_log`) so the sign of ``Im`` is the same on both
     sides of ``1 − ηλ < 0`` (the principal branch flips with rounding errors and the
     integrator stalls). The other consistent choice gives the complex-conjugate
-    trajectory, with the same real part. `parameters` is ``Re w``; `diagnostics`
-    reports ``max_imag = max_i |Im w_i|`` at the saved (integer) steps; on a quadratic
-    the state is real again at every integer step, complex in between.
+    trajectory, with the same real part. `parameters` is ``Re w``; the diagnostics are
+    ``imag_at_step = max_i |Im w_i|`` at the saved (integer) steps and ``max_imag``, the
+    largest such value seen since the previous saved step, over the integrator's steps
+    (on a quadratic the state is real again at every integer step, complex in between).
 
     Limitation (non-quadratic losses): once w is complex the eigenvalues of ηH(w) move
     in the complex plane, and with a large oscillation (far from a minimum, several
@@ -138,5 +139,15 @@ class PrincipalFlow(VectorField):
         return (lr * direction).astype(w.dtype), None
 
     def diagnostics(self, t: Scalar, y) -> dict[str, Array]:
-        """``max_imag``: the largest ``|Im w_i|`` at this time (0 while every ηλ < 1)."""
-        return {"max_imag": jnp.max(jnp.abs(jnp.imag(y[0])))}
+        """``imag_at_step``: the largest ``|Im w_i|`` at this time (0 while every ηλ < 1)."""
+        return {"imag_at_step": _largest_imaginary_part(y)}
+
+    def running_maxima(self, t: Scalar, y) -> dict[str, Scalar]:
+        """``max_imag``: the largest ``|Im w_i|`` seen since the previous saved step, over
+        the integrator's steps (on a quadratic the state is real at every integer step
+        and complex in between)."""
+        return {"max_imag": _largest_imaginary_part(y)}
+
+
+def _largest_imaginary_part(y) -> Scalar:
+    return jnp.max(jnp.abs(jnp.imag(y[0])))
