@@ -75,13 +75,14 @@ def test_top_k_matches_dense_eigh(solver):
     np.testing.assert_allclose(overlaps, 1.0, atol=1e-6)
 
 
+def spread_quadratic():
+    """½wᵀHw with eigenvalues 3, 2, 1, 0.5, 0.1, 0, −1, −2 (a random rotation)."""
+    h = jnp.asarray(random_symmetric([3.0, 2.0, 1.0, 0.5, 0.1, 0.0, -1.0, -2.0], seed=2))
+    return lambda w: 0.5 * w @ h @ w
+
+
 def test_warm_start_aligns_signs_with_previous_vectors():
-    h = random_symmetric([3.0, 2.0, 1.0, 0.5, 0.1, 0.0, -1.0, -2.0], seed=2)
-    hj = jnp.asarray(h)
-
-    def f(w):
-        return 0.5 * w @ hj @ w
-
+    f = spread_quadratic()
     w = jnp.zeros(8)
     first = flows.top_eigenpairs(f, w, 2, solver=flows.DenseEigh())
     flipped = -first.vectors
@@ -90,12 +91,7 @@ def test_warm_start_aligns_signs_with_previous_vectors():
 
 
 def test_warm_start_may_carry_extra_guard_columns():
-    h = random_symmetric([3.0, 2.0, 1.0, 0.5, 0.1, 0.0, -1.0, -2.0], seed=2)
-    hj = jnp.asarray(h)
-
-    def f(w):
-        return 0.5 * w @ hj @ w
-
+    f = spread_quadratic()
     w = jnp.zeros(8)
     four = flows.top_eigenpairs(f, w, 4, solver=flows.DenseEigh())
     two = flows.top_eigenpairs(f, w, 2, solver=flows.DenseEigh(), init=-four.vectors)
