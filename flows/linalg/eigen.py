@@ -153,7 +153,6 @@ def top_eigenpairs(
     return pairs
 
 
-
 def sharpness(
     f: Callable[[Array], Scalar], w: Float[Array, " n"], *, solver: EigenSolver | None = None
 ) -> Scalar:
