@@ -343,17 +343,15 @@ class CentralFlow(VectorField):
     eigensolver: EigenSolver | None = None
 
     def __check_init__(self):
+        for name, least in (("num_tracked", 1), ("guard", 0), ("refine_iterations", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
         k = self.num_tracked
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"num_tracked must be a positive integer, got {k!r}")
         if self.max_edge is not None and not 1 <= self.max_edge <= k:
             raise ValueError(
                 f"max_edge must be between 1 and num_tracked={k}, got {self.max_edge!r}"
             )
-        for name, least in (("guard", 0), ("refine_iterations", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
         for name in ("edge_margin", "restoring_rate"):
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not (value >= 0 and np.isfinite(value)):
