@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from .figures import new_figure, save_figure
 
 __all__ = [
     "plot_progressive_sharpening",
@@ -28,17 +28,9 @@ Run = Mapping[str, np.ndarray | float | str]
 
 
 def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.4):
-    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(width * cols, height * rows)
     axes = figure.subplots(rows, cols, squeeze=False)
     return figure, axes
-
-
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
 
 
 def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +66,7 @@ def plot_progressive_sharpening(
         loss_axes.legend(fontsize=8)
         sharp_axes.set_xlabel("step")
         sharp_axes.set_ylabel("sharpness λ₁ (dashed: 2/η)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_flow_comparison(
@@ -109,7 +101,7 @@ def plot_flow_comparison(
         if panel.get("log"):
             ax.set_yscale("log")
         ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_two_cycle(
@@ -139,7 +131,7 @@ def plot_two_cycle(
     plane.legend(fontsize=8)
     along.set_xlabel("step")
     along.set_ylabel("w₁ (dashed: predicted 2-cycle)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_rotation(
@@ -167,7 +159,7 @@ def plot_rotation(
         top.legend(fontsize=8)
         bottom.set_xlabel("step")
         bottom.set_ylabel("|⟨u₁(τ), u₁(τ−Δ)⟩|")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_rotation_vs_lr(
@@ -186,4 +178,4 @@ def plot_rotation_vs_lr(
     ax.set_xlabel("η λ₁(w₀)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)

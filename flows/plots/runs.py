@@ -9,16 +9,14 @@ canvas directly (no pyplot, no global backend switch) and written atomically, so
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..results import atomic_write_bytes
+from .figures import colours, new_figure, save_figure
 
 __all__ = ["plot_loss", "plot_sharpness", "plot_distance", "plot_run"]
 
@@ -26,16 +24,8 @@ Runs = Mapping[str, Mapping[str, np.ndarray]]
 
 
 def _figure() -> tuple[Figure, object]:
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(6.4, 4.0)
     return figure, figure.add_subplot()
-
-
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
 
 
 def _legend(label: str, status: Mapping[str, str] | None) -> str:
@@ -57,10 +47,12 @@ def plot_loss(
 ) -> Path:
     """Training loss against step, one line per method (log scale when all positive)."""
     figure, axes = _figure()
+    colour = colours(runs)
     positive = True
     for label, arrays in runs.items():
         steps, loss = np.asarray(arrays["steps"]), np.real(np.asarray(arrays["loss"]))
-        (line,) = axes.plot(steps, loss, label=_legend(label, status), lw=1.2)
+        (line,) = axes.plot(steps, loss, label=_legend(label, status), lw=1.2,
+                            color=colour[label])
         _mark_stop(axes, steps, loss, line)
         finite = loss[np.isfinite(loss)]
         positive &= bool(finite.size == 0 or np.all(finite > 0))
@@ -70,7 +62,7 @@ def plot_loss(
     axes.set_ylabel("loss")
     axes.set_title(title or "training loss")
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_sharpness(
@@ -79,19 +71,21 @@ def plot_sharpness(
 ) -> Path:
     """The top Hessian eigenvalue against step, with the stability threshold 2/η."""
     figure, axes = _figure()
+    colour = colours(runs)
     for label, arrays in runs.items():
         if "eigenvalues" not in arrays:
             continue
         steps = np.asarray(arrays["steps"])
         sharpness = np.real(np.asarray(arrays["eigenvalues"]))[:, 0]
-        (line,) = axes.plot(steps, sharpness, label=_legend(label, status), lw=1.2)
+        (line,) = axes.plot(steps, sharpness, label=_legend(label, status), lw=1.2,
+                            color=colour[label])
         _mark_stop(axes, steps, sharpness, line)
     axes.axhline(2.0 / lr, color="black", ls="--", lw=1, label=f"2/η = {2.0 / lr:.4g}")
     axes.set_xlabel("step")
     axes.set_ylabel("sharpness λ₁(H)")
     axes.set_title(title or f"sharpness (η = {lr:g})")
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_distance(
@@ -100,17 +94,19 @@ def plot_distance(
 ) -> Path:
     """``‖w_method(k) − w_reference(k)‖`` against step (the reference is usually GD)."""
     figure, axes = _figure()
+    colour = colours(runs)
     for label, arrays in runs.items():
         if "distance" not in arrays:
             continue
         ref = (references or {}).get(label)
         name = _legend(label, status) + (f" − {ref}" if ref else "")
-        axes.plot(np.asarray(arrays["steps"]), np.asarray(arrays["distance"]), label=name, lw=1.2)
+        axes.plot(np.asarray(arrays["steps"]), np.asarray(arrays["distance"]), label=name,
+                  lw=1.2, color=colour[label])
     axes.set_xlabel("step")
     axes.set_ylabel("‖w − w_ref‖")
     axes.set_title(title or "distance to the reference run")
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_run(

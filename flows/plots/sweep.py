@@ -11,16 +11,15 @@ Figures are drawn on matplotlib's Agg canvas (no pyplot, no windows).
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from .figures import colours, new_figure, save_figure
 
 __all__ = ["sweep_summary", "plot_sweep_summary"]
 
@@ -101,9 +100,10 @@ def _by_lr(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, low, high
 
 
-def _draw(axes, lr: np.ndarray, values: np.ndarray, label: str, diverged: np.ndarray):
+def _draw(axes, lr: np.ndarray, values: np.ndarray, label: str, diverged: np.ndarray,
+          colour: str):
     mean, low, high = _by_lr(values)
-    (line,) = axes.plot(lr, mean, "o-", ms=3.5, lw=1.2, label=label)
+    (line,) = axes.plot(lr, mean, "o-", ms=3.5, lw=1.2, label=label, color=colour)
     if values.ndim > 1:
         axes.fill_between(lr, low, high, color=line.get_color(), alpha=0.2, lw=0)
     # Diverged learning rates: a cross on the bottom edge of the axes.
@@ -116,18 +116,6 @@ def _draw(axes, lr: np.ndarray, values: np.ndarray, label: str, diverged: np.nda
 def _positive(values: list[np.ndarray]) -> bool:
     finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values] or [np.zeros(0)])
     return bool(finite.size and np.all(finite > 0))
-
-
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    """Write the PNG next to its destination, then rename it there (readers never see half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def plot_sweep_summary(
@@ -173,8 +161,8 @@ def plot_sweep_summary(
         for label, sweep in sweeps.items()
     }
 
-    figure = Figure(figsize=(10.0, 7.0), layout="constrained")
-    FigureCanvasAgg(figure)
+    colour = colours(summaries)
+    figure = new_figure(10.0, 7.0)
     panels = figure.subplots(2, 2, sharex=True).ravel()
     spec = [
         ("final_loss", "final loss", "final loss L(w_K)"),
@@ -190,7 +178,7 @@ def plot_sweep_summary(
                 continue
             lr = summary["lr"] if summary["lr"].ndim == 1 else summary["lr"][:, 0]
             diverged = _by_lr(np.where(summary["stopped_at"] >= 0, 1.0, 0.0))[2] > 0  # any seed
-            _draw(axes, lr, values, label, diverged)
+            _draw(axes, lr, values, label, diverged, colour[label])
             drawn.append(values)
         if key == "final_lr_sharpness":
             axes.axhline(2.0, color="black", ls="--", lw=1, label="ηS = 2")
@@ -211,4 +199,4 @@ def plot_sweep_summary(
         axes.set_xlabel("learning rate η")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
