@@ -153,7 +153,7 @@ def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False
     print(f"== {name}: {problem.num_params} parameters, η = {lr}, {steps} steps", flush=True)
     gd = flows.simulate(problem, "gd", lr=lr, steps=steps)
     gf = flows.simulate(problem, "gradient_flow", lr=lr, steps=steps)
-    cf = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_tracked=5)
+    cf = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_eigenvalues=5)
     gd_again = flows.simulate(problem, "gd", lr=lr, steps=steps)
     gd_time = min(gd.wall_time, gd_again.wall_time)
     result = {
@@ -177,7 +177,7 @@ def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False
     repeats = 2 if timing_float32 else 1
     gd32_runs = [flows.simulate(problem32, "gd", lr=lr, steps=steps) for _ in range(repeats)]
     if timing_float32:
-        cf32 = flows.simulate(problem32, "central_flow", lr=lr, steps=steps, num_tracked=5)
+        cf32 = flows.simulate(problem32, "central_flow", lr=lr, steps=steps, num_eigenvalues=5)
         gd32_time = min(r.wall_time for r in gd32_runs)
         result["timing_float32"] = {
             "central_flow_run_s": cf32.wall_time,
@@ -200,7 +200,8 @@ def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False
     result["gradient_flow_final_distance_vs_float32"] = float(np.asarray(gf32)[-1])
     if tight_check:
         tight = flows.simulate(
-            problem, "central_flow", lr=lr, steps=steps, num_tracked=5, dt0=0.125,
+            problem, "central_flow", lr=lr, steps=steps, num_eigenvalues=5,
+            integrator=flows.Integrator(dt0=0.125),
             refine_iterations=3, stage_third_derivatives=True, guard=2,
         )
         result["numerics_vs_tight"] = tight_difference(cf, tight, gd, figures["edge_step"])

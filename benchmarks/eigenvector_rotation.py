@@ -65,8 +65,8 @@ def rotation_run(problem: flows.Problem, lr: float, steps: int, k: int = 2) -> d
     output = run_discrete(problem, flows.make_method(problem, "gd", lr), steps, 1)
     # Dense eigh is exact but costs n HVPs and an O(n³) solve per step; Lanczos with a
     # generous Krylov space gives the same top pair for the MLP at a fraction of that.
-    solver = flows.DenseEigh() if problem.num_params <= 200 else flows.Lanczos(60)
-    tracked = track(problem, output["params"], k, solver=solver)
+    eigensolver = flows.DenseEigh() if problem.num_params <= 200 else flows.Lanczos(60)
+    tracked = track(problem, output["params"], k, eigensolver=eigensolver)
     vectors = np.asarray(tracked.vectors)
     finite = np.flatnonzero(np.all(np.isfinite(vectors), axis=(1, 2)))
     last = int(finite[-1]) if finite.size else 0

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     panels = {}
-    solver = flows.Lanczos(30)
+    eigensolver = flows.Lanczos(30)
     for title, spec in experiments(args.quick).items():
         problem = mlp(spec["data"], spec["widths"], activation="tanh", loss=spec["loss"])
         runs = []
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             save_every = 1 if midpoint else spec["every"]
             output = run_discrete(problem, rule, spec["steps"], save_every)
             tracked = track(
-                problem, output["params"], 1, steps=output["steps"], solver=solver,
+                problem, output["params"], 1, steps=output["steps"], eigensolver=eigensolver,
                 every=spec["every"] // save_every, midpoint=midpoint,
             )
             steps, sharpness = np.asarray(tracked.steps), np.asarray(tracked.sharpness)

@@ -51,9 +51,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flows  # noqa: E402
+from flows.integrate import default_tolerances  # noqa: E402
 from flows.optimizers import GD  # noqa: E402
 from flows.problems import mlp, synthetic_regression  # noqa: E402
-from flows.simulate import default_tolerances  # noqa: E402
 from flows.vector_fields import PrincipalFlow  # noqa: E402
 from flows.vector_fields.principal_flow import DENSE_MAX_PARAMS, dense_direction  # noqa: E402
 
@@ -72,8 +72,8 @@ def network(widths) -> flows.Problem:
 
 
 def learning_rate(problem, c) -> float:
-    solver = flows.DenseEigh() if problem.num_params <= 1500 else flows.Lanczos(80)
-    return c / float(flows.sharpness(problem.flat_loss, problem.w0, solver=solver))
+    eigensolver = flows.DenseEigh() if problem.num_params <= 1500 else flows.Lanczos(80)
+    return c / float(flows.sharpness(problem.flat_loss, problem.w0, eigensolver=eigensolver))
 
 
 def timed(fn, *args, repeat=3):
@@ -121,15 +121,15 @@ def agreement(cases, steps) -> list[str]:
         rule = GD(lr=jnp.asarray(learning_rate(problem, c)))
         if pretrain:
             start_label, integrator = f"after {pretrain} GD steps", "Tsit5, rtol 1e-8"
-            options = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 200 * steps}
+            options = flows.Integrator(rtol=1e-8, atol=1e-10, max_steps=200 * steps)
         else:
             start_label, integrator = "initialisation", "Heun, dt = 1"
-            options = {"solver": diffrax.Heun(), "dt0": 1.0}
+            options = flows.Integrator(solver=diffrax.Heun(), dt0=1.0)
         runs, seconds = {}, {}
         for path in ["lanczos", "dense"]:
             field = PrincipalFlow(problem=problem, rule=rule, path=path)
             start = time.perf_counter()
-            runs[path] = jax.block_until_ready(run_flow(field, steps, **options))
+            runs[path] = jax.block_until_ready(run_flow(field, steps, integrator=options))
             seconds[path] = time.perf_counter() - start
         dense = np.asarray(runs["dense"]["params"])
         lanczos = np.asarray(runs["lanczos"]["params"])
@@ -283,7 +283,8 @@ def large(widths, steps) -> list[str]:
         refused = f"yes: {error}"
     field = PrincipalFlow(problem=problem, rule=rule)
     start = time.perf_counter()
-    run = jax.block_until_ready(run_flow(field, steps, max_steps=200 * steps))
+    integrator = flows.Integrator(max_steps=200 * steps)
+    run = jax.block_until_ready(run_flow(field, steps, integrator=integrator))
     seconds = time.perf_counter() - start
     finite = bool(np.all(np.isfinite(np.asarray(run["params"]))))
     return [

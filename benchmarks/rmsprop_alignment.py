@@ -43,11 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from flows.integrate import run_discrete, run_flow
 from flows.linalg.eigen import DenseEigh, Lanczos, top_eigenpairs
 from flows.linalg.hvp import gradient
 from flows.optimizers import GD, RMSProp, ScalarRMSProp
 from flows.problems import digits, mlp, reference_mlp, synthetic_regression
-from flows.simulate import run_discrete, run_flow
 from flows.vector_fields import GradientFlow, ModifiedFlow
 
 RATES = {
@@ -123,11 +123,11 @@ def effective_sharpness(problem, rule, params, nus, every: int):
     (dense below 100 parameters, Lanczos above)."""
     f = problem.flat_loss
     ks = jnp.arange(0, params.shape[0], every)
-    solver = DenseEigh() if params.shape[1] <= 100 else Lanczos(num_matvecs=30)
+    eigensolver = DenseEigh() if params.shape[1] <= 100 else Lanczos(num_matvecs=30)
 
     def one(k, w, nu):
-        p = rule.lr if nu is None else rule.step_preconditioner(k, nu, f, w, jnp.zeros_like(w))
-        return top_eigenpairs(f, w, 1, solver=solver, preconditioner=p).values[0]
+        p = rule.lr if nu is None else rule.step_p_inv(k, nu, f, w, jnp.zeros_like(w))
+        return top_eigenpairs(f, w, 1, eigensolver=eigensolver, p_inv=p).values[0]
 
     if nus is None:  # GD
         return jax.vmap(lambda k, w: one(k, w, None))(ks, params[ks])

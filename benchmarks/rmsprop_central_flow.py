@@ -71,7 +71,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import flows  # noqa: E402
 from flows.diagnostics import first_at_edge, gaussian_smooth, relative_distance  # noqa: E402
-from flows.eigen_tracking import preconditioner_series, track  # noqa: E402
+from flows.eigen_tracking import p_inv_series, track  # noqa: E402
 from flows.problems import digits, mlp, reference_mlp  # noqa: E402
 
 SIGMA = 50
@@ -136,12 +136,12 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out):
           flush=True)
     common = dict(lr=lr, steps=steps, beta2=BETA2, **options)
     disc = flows.simulate(
-        problem, optimizer, num_eigenvalues=1, effective_sharpness=True, midpoint=True,
-        eigen_every=EVERY, **common,
+        problem, optimizer, tracking=flows.Tracking(1, every=EVERY, midpoint=True, effective=True),
+        **common,
     )
     stable = flows.simulate(problem, "gradient_flow", optimizer=optimizer, **common)
-    cf = flows.simulate(problem, "central_flow", optimizer=optimizer, num_tracked=5, **common)
-    gd_cf = flows.simulate(problem, "central_flow", lr=gd_lr, steps=steps, num_tracked=5)
+    cf = flows.simulate(problem, "central_flow", optimizer=optimizer, num_eigenvalues=5, **common)
+    gd_cf = flows.simulate(problem, "central_flow", lr=gd_lr, steps=steps, num_eigenvalues=5)
     extras = {k: np.asarray(v) for k, v in cf.extras.items()}
     edge = first_at_edge(extras["sigma_trace"])
     if edge < 0:
@@ -152,8 +152,8 @@ def run_case(name, make_problem, optimizer, lr, options, gd_lr, steps, out):
     # Effective sharpness: the flow's report and an independent eigensolve at its points.
     mu = extras["effective_eigenvalues"]
     rule = flows.make_method(problem, optimizer, lr, options={"beta2": BETA2, **options})
-    p_inv = preconditioner_series(problem, rule, cf.steps, cf.params, cf.extras, discrete=False)
-    check = track(problem, cf.params, 1, steps=cf.steps, every=EVERY, preconditioner=p_inv)
+    p_inv = p_inv_series(problem, rule, cf.steps, cf.params, cf.extras, discrete=False)
+    check = track(problem, cf.params, 1, steps=cf.steps, every=EVERY, p_inv=p_inv)
     check_steps, check_mu = np.asarray(check.steps), np.asarray(check.values[:, 0])
     after = check_steps >= edge + 1
     sharpness = {

@@ -50,7 +50,7 @@ def discrete_run(problem, method, lr, steps, save_every=1):
 
 def flow_run(problem, method, lr, steps, save_every=1, **options):
     field = flows.make_method(problem, method, lr, options=options)
-    return run_flow(field, steps, save_every, max_steps=20000)
+    return run_flow(field, steps, save_every, integrator=flows.Integrator(max_steps=20000))
 
 
 def restart_at(problem: flows.Problem, w) -> flows.Problem:

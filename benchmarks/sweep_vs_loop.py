@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flows  # noqa: E402
-from flows.simulate import default_tolerances  # noqa: E402
+from flows.integrate import default_tolerances  # noqa: E402
 
 PROBLEMS = {
     "reference_mlp": lambda: flows.problems.reference_mlp(draw="numpy"),  # as recorded

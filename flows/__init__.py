@@ -3,11 +3,12 @@
 Losses are pure JAX functions of a parameter pytree (`Problem`); optimizers are
 update rules (`flows.optimizers`); flows are vector fields in step time
 (`flows.vector_fields`), integrated by diffrax next to the discrete runs
-(`simulate`).
+(`flows.integrate`). Options are values (`Method`, `Integrator`, `Tracking`,
+`RunSpec`), consumed by `simulate`, `sweep` and the checkpointed runner `flows.runs`.
 """
 
-from . import eigen_tracking, eos, linalg, optimizers, problems, vector_fields
-from .checkpoint import MethodSpec, run_methods
+from . import eigen_tracking, eos, integrate, linalg, optimizers, problems, runs, vector_fields
+from .integrate import run_discrete, run_flow, run_method
 from .linalg import (
     LOBPCG,
     DenseEigh,
@@ -21,8 +22,9 @@ from .linalg import (
     top_eigenpairs,
 )
 from .methods import FLOWS, OPTIMIZERS, available_methods, make_method
+from .options import Integrator, Method, RunSpec, Tracking
 from .problem import Problem
-from .simulate import run_discrete, run_flow, run_method, simulate, track_eigenpairs
+from .simulate import simulate
 from .sweep import sweep
 from .trajectory import Trajectory
 from .vector_fields import CentralFlow, PrincipalFlow
@@ -34,12 +36,13 @@ __all__ = [
     "Trajectory",
     "simulate",
     "sweep",
-    "run_methods",
-    "MethodSpec",
+    "Method",
+    "Integrator",
+    "Tracking",
+    "RunSpec",
     "run_discrete",
     "run_flow",
     "run_method",
-    "track_eigenpairs",
     "available_methods",
     "make_method",
     "OPTIMIZERS",
@@ -62,4 +65,6 @@ __all__ = [
     "vector_fields",
     "eigen_tracking",
     "eos",
+    "integrate",
+    "runs",
 ]

@@ -12,7 +12,7 @@ Kolter, Talwalkar, ICLR 2021):
   linear drift is kept, so the Hessian is evaluated on the central path.
 - *effective sharpness*: a preconditioned rule ``w_{k+1} = w_k − P_k⁻¹ g_k`` is stable
   iff ``λ_max(P_k⁻¹ H) ≤ 2`` (DESIGN, "All of these are preconditioned GD"); with the
-  series of ``P⁻¹`` (`preconditioner_series`, rebuilt from the saved parameters and
+  series of ``P⁻¹`` (`p_inv_series`, rebuilt from the saved parameters and
   the optimizer state the run reports, e.g. RMSProp's ``ν``) the tracked eigenvalues
   are those of ``P⁻¹H``.
 """
@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .linalg.eigen import EigenSolver, default_solver, top_eigenpairs
+from .linalg.eigen import EigenSolver, default_eigensolver, top_eigenpairs
 from .linalg.hvp import gradient
+from .methods import FLOWS
 from .optimizers.base import UpdateRule
 from .problem import Problem
+from .vector_fields.base import VectorField
 
 __all__ = [
     "EigenTrack",
@@ -36,9 +38,9 @@ __all__ = [
     "track",
     "track_trajectory",
     "fill_saved",
-    "preconditioner_series",
+    "p_inv_series",
     "tracked_eigenvalues",
-    "tracking_interval",
+    "track_output",
 ]
 
 
@@ -96,8 +98,8 @@ def track(
     steps: Int[Array, " T"] | None = None,
     every: int = 1,
     midpoint: bool = False,
-    preconditioner: Float[Array, "T ..."] | Float[Array, ""] | None = None,
-    solver: EigenSolver | None = None,
+    p_inv: Float[Array, "T ..."] | Float[Array, ""] | None = None,
+    eigensolver: EigenSolver | None = None,
 ) -> EigenTrack:
     """Top-k Hessian eigenpairs at every ``every``-th row of a saved run.
 
@@ -112,10 +114,10 @@ def track(
             neighbouring *saved* rows; the period-2 oscillation cancels only if
             neighbouring rows are consecutive steps (saved every step), or an odd
             number of steps apart.
-        preconditioner: ``P⁻¹`` per row, shape (T,) or (T, n), or one scalar; the
+        p_inv: ``P⁻¹`` per row, shape (T,) or (T, n), or one scalar; the
             eigenvalues are then those of ``P⁻¹H`` (the effective sharpness, stability
             threshold 2). With ``midpoint`` it is averaged with the same weights.
-        solver: the eigensolver (dense below 1500 parameters, Lanczos above).
+        eigensolver: the eigensolver (dense below 1500 parameters, Lanczos above).
 
     Returns:
         An `EigenTrack` with ``m = ceil(T / every)`` rows.
@@ -134,30 +136,30 @@ def track(
     steps = jnp.asarray(steps)
     if steps.shape != (num_rows,):
         raise ValueError(f"steps must have shape ({num_rows},), got {steps.shape}")
-    if preconditioner is not None:
-        preconditioner = jnp.asarray(preconditioner)
-        if preconditioner.ndim == 0:
-            preconditioner = jnp.broadcast_to(preconditioner, (num_rows,))
-        if preconditioner.shape[0] != num_rows or preconditioner.shape not in {
+    if p_inv is not None:
+        p_inv = jnp.asarray(p_inv)
+        if p_inv.ndim == 0:
+            p_inv = jnp.broadcast_to(p_inv, (num_rows,))
+        if p_inv.shape[0] != num_rows or p_inv.shape not in {
             (num_rows,),
             (num_rows, n),
         }:
             raise ValueError(
-                f"preconditioner must have shape ({num_rows},) or ({num_rows}, {n}), "
-                f"got {preconditioner.shape}"
+                f"p_inv must have shape ({num_rows},) or ({num_rows}, {n}), "
+                f"got {p_inv.shape}"
             )
-    solver = default_solver(n) if solver is None else solver
+    eigensolver = default_eigensolver(n) if eigensolver is None else eigensolver
     rows = _selected_rows(num_rows, every)
-    return _track(problem, params, steps, preconditioner, k, solver, midpoint, rows)
+    return _track(problem, params, steps, p_inv, k, eigensolver, midpoint, rows)
 
 
 @eqx.filter_jit
-def _track(problem, params, steps, preconditioner, k, solver, midpoint, rows):
+def _track(problem, params, steps, p_inv, k, eigensolver, midpoint, rows):
     points = midpoints(params) if midpoint else params
-    if preconditioner is not None and midpoint:
-        preconditioner = midpoints(preconditioner)
+    if p_inv is not None and midpoint:
+        p_inv = midpoints(p_inv)
     points = points[rows]
-    p_rows = None if preconditioner is None else preconditioner[rows]
+    p_rows = None if p_inv is None else p_inv[rows]
     f = problem.flat_loss
 
     def solve(w, p, init):
@@ -166,7 +168,9 @@ def _track(problem, params, steps, preconditioner, k, solver, midpoint, rows):
         finite = jnp.all(jnp.isfinite(w)) & (True if p is None else jnp.all(jnp.isfinite(p)))
         safe_w = jnp.where(finite, w, jnp.zeros_like(w))
         safe_p = None if p is None else jnp.where(finite, p, jnp.ones_like(p))
-        pairs = top_eigenpairs(f, safe_w, k, solver=solver, init=init, preconditioner=safe_p)
+        pairs = top_eigenpairs(
+            f, safe_w, k, eigensolver=eigensolver, init=init, p_inv=safe_p
+        )
         values = jnp.where(finite, pairs.values, jnp.nan)
         vectors = jnp.where(finite, pairs.vectors, jnp.nan)
         return finite, values, vectors
@@ -195,22 +199,20 @@ def track_trajectory(
     every: int = 1,
     midpoint: bool = False,
     rule: UpdateRule | None = None,
-    solver: EigenSolver | None = None,
+    eigensolver: EigenSolver | None = None,
 ) -> EigenTrack:
     """`track` on a `Trajectory` (its ``params`` and ``steps``).
 
     The eigenvalues are those of ``P⁻¹H`` (the effective sharpness) if the trajectory
     carries ``extras["p_inv"]`` (``simulate(..., effective_sharpness=True)``) or if the
-    update ``rule`` that produced it is given (`preconditioner_series`, discrete or flow
+    update ``rule`` that produced it is given (`p_inv_series`, discrete or flow
     according to ``trajectory.method``); otherwise of H.
     """
-    from .methods import is_flow  # methods builds on the vector fields, not on this module
-
-    preconditioner = trajectory.extras.get("p_inv")
-    if preconditioner is None and rule is not None:
-        preconditioner = preconditioner_series(
+    p_inv = trajectory.extras.get("p_inv")
+    if p_inv is None and rule is not None:
+        p_inv = p_inv_series(
             problem, rule, trajectory.steps, trajectory.params, trajectory.extras,
-            discrete=not is_flow(trajectory.method),
+            discrete=trajectory.method not in FLOWS,
         )
     return track(
         problem,
@@ -219,8 +221,8 @@ def track_trajectory(
         steps=trajectory.steps,
         every=every,
         midpoint=midpoint,
-        preconditioner=preconditioner,
-        solver=solver,
+        p_inv=p_inv,
+        eigensolver=eigensolver,
     )
 
 
@@ -238,7 +240,7 @@ def _saved_states(problem: Problem, rule: UpdateRule, extras) -> Array | None:
     if len(named) != 1 or not names:
         raise ValueError(
             f"cannot rebuild the state of {type(rule).__name__} from the saved diagnostics "
-            f"{sorted(named)}; pass the preconditioner series to `track` directly"
+            f"{sorted(named)}; pass the P⁻¹ series to `track` directly (p_inv=...)"
         )
     if extras is None or names[0] not in extras:
         raise ValueError(
@@ -248,7 +250,7 @@ def _saved_states(problem: Problem, rule: UpdateRule, extras) -> Array | None:
     return jnp.asarray(extras[names[0]])
 
 
-def preconditioner_series(
+def p_inv_series(
     problem: Problem,
     rule: UpdateRule,
     steps: Int[Array, " T"],
@@ -261,47 +263,28 @@ def preconditioner_series(
     ``w_{k+1} = w_k − P_k⁻¹ g_k``.
 
     Rebuilt from ``w_k`` and the optimizer state s_k the run saved in its ``extras``
-    (RMSProp's ``ν_k``, which already includes ``g_k``) by `UpdateRule.step_preconditioner`;
+    (RMSProp's ``ν_k``, which already includes ``g_k``) by `UpdateRule.step_p_inv`;
     stateless rules need only ``w_k``. For a flow (``discrete=False``) the rows are
-    ``P⁻¹(τ)`` from its state s(τ) at τ = k (`UpdateRule.preconditioner`): RMSProp's ν(τ)
+    ``P⁻¹(τ)`` from its state s(τ) at τ = k (`UpdateRule.p_inv`): RMSProp's ν(τ)
     models ν_{τ−½}, so the two differ by half a step (and by the bias-correction count,
     k + 1 against τ + ½, a factor up to √2 in the first steps). Shape (T,) for scalar
     rules, (T, n) for diagonal ones. Rows after a divergence are NaN.
     """
     states = _saved_states(problem, rule, extras)
-    return _preconditioner_series(
+    return _p_inv_series(
         problem, rule, jnp.asarray(steps), jnp.asarray(params), states, discrete
     )
 
 
 @eqx.filter_jit
-def _preconditioner_series(problem, rule, steps, params, states, discrete):
+def _p_inv_series(problem, rule, steps, params, states, discrete):
     f = problem.flat_loss
-    at = rule.step_preconditioner if discrete else rule.preconditioner
+    at = rule.step_p_inv if discrete else rule.p_inv
 
     def one(step, w, state):
         return at(step, state, f, w, gradient(f)(w))
 
     return jax.vmap(one, in_axes=(0, 0, None if states is None else 0))(steps, params, states)
-
-
-def tracking_interval(save_every: int, eigen_every: int | None, midpoint: bool) -> int:
-    """Check `simulate`'s tracking options; the interval in saved rows."""
-    if eigen_every is None:
-        eigen_every = save_every
-    if isinstance(eigen_every, bool) or not isinstance(eigen_every, int) or eigen_every <= 0:
-        raise ValueError(f"eigen_every must be a positive integer, got {eigen_every!r}")
-    if eigen_every % save_every:
-        raise ValueError(
-            f"eigen_every={eigen_every} must be a multiple of save_every={save_every}"
-        )
-    if midpoint and save_every % 2 == 0:
-        raise ValueError(
-            f"midpoint tracking averages neighbouring saved rows, which cancels the "
-            f"period-2 oscillation only if they are an odd number of steps apart; "
-            f"got save_every={save_every} (use 1)"
-        )
-    return eigen_every // save_every
 
 
 def tracked_eigenvalues(
@@ -314,20 +297,20 @@ def tracked_eigenvalues(
     midpoint: bool = False,
     effective: bool = False,
     discrete: bool = True,
-    solver: EigenSolver | None = None,
+    eigensolver: EigenSolver | None = None,
 ) -> tuple[Float[Array, "T k"], Array | None]:
     """The eigenvalue series `simulate` reports for a run's ``output`` dict: (T, k), NaN
     at the rows not tracked, and the ``P⁻¹`` series if ``effective`` (else None), of a
-    discrete run or (``discrete=False``) of a flow (`preconditioner_series`)."""
+    discrete run or (``discrete=False``) of a flow (`p_inv_series`)."""
     params, steps = output["params"], output["steps"]
     p_inv = None
     if effective:
-        p_inv = preconditioner_series(
+        p_inv = p_inv_series(
             problem, rule, steps, params, output.get("extras"), discrete=discrete
         )
     tracked = track(
         problem, params, k, steps=steps, every=every, midpoint=midpoint,
-        preconditioner=p_inv, solver=solver,
+        p_inv=p_inv, eigensolver=eigensolver,
     )
     return fill_saved(params.shape[0], tracked), p_inv
 
@@ -338,3 +321,25 @@ def fill_saved(num_rows: int, tracked: EigenTrack) -> Float[Array, "T k"]:
     k = tracked.values.shape[1]
     full = jnp.full((num_rows, k), jnp.nan, dtype=tracked.values.dtype)
     return full.at[tracked.rows].set(tracked.values)
+
+
+def track_output(
+    problem: Problem, built, output: dict, tracking, save_every: int
+) -> tuple[Float[Array, "T k"] | None, dict[str, Array]]:
+    """The eigenvalues a run reports, and its extras: a run's own (the central flow
+    reports the eigenvalues it tracks), else those `tracking` (a `flows.Tracking`) asks
+    for, computed along ``output`` (a `flows.integrate.run_method` result) of the update
+    rule or flow ``built``; with ``tracking.effective`` the extras gain ``"p_inv"``."""
+    extras = dict(output.get("extras", {}))
+    eigenvalues = extras.pop("eigenvalues", None)
+    if eigenvalues is not None or not tracking.num_eigenvalues:
+        return eigenvalues, extras
+    flow = isinstance(built, VectorField)
+    eigenvalues, p_inv = tracked_eigenvalues(
+        problem, built.rule if flow else built, output, tracking.num_eigenvalues,
+        every=tracking.rows(save_every), midpoint=tracking.midpoint,
+        effective=tracking.effective, discrete=not flow, eigensolver=tracking.eigensolver,
+    )
+    if p_inv is not None:
+        extras["p_inv"] = p_inv
+    return eigenvalues, extras

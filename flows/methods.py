@@ -27,6 +27,8 @@ __all__ = [
     "FLOWS",
     "available_methods",
     "is_flow",
+    "check_method",
+    "default_optimizer",
     "make_rule",
     "make_method",
     "method_options",
@@ -40,6 +42,16 @@ OPTIMIZERS: dict[str, type[UpdateRule]] = {
     "rmsprop": RMSProp,
     "scalar_rmsprop": ScalarRMSProp,
     "dal": DAL,
+}
+
+#: What each optimizer is, in words (for messages).
+DESCRIPTIONS = {
+    "gd": "gradient descent",
+    "normalized_gd": "normalized GD",
+    "sqrt_gd": "GD on √L",
+    "rmsprop": "RMSProp",
+    "scalar_rmsprop": "scalar RMSProp",
+    "dal": "DAL",
 }
 
 #: Flows by name: vector-field classes built as ``cls(problem=..., rule=..., **options)``.
@@ -59,11 +71,20 @@ def available_methods() -> list[str]:
 
 
 def is_flow(method: str) -> bool:
-    _check_method(method)
+    check_method(method)
     return method in FLOWS
 
 
-def _check_method(method: str) -> None:
+def default_optimizer(method: str) -> str:
+    """The update rule a method runs or, for a flow, models unless told otherwise: the
+    optimizer a flow is named after (``normalized_gd_flow`` → ``normalized_gd``), else GD."""
+    check_method(method)
+    if method in OPTIMIZERS:
+        return method
+    return FLOWS[method].default_optimizer
+
+
+def check_method(method: str) -> None:
     if method not in OPTIMIZERS and method not in FLOWS:
         choices = ", ".join(available_methods())
         raise ValueError(f"unknown method {method!r}; choose one of {choices}")
@@ -73,14 +94,29 @@ def _field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
-def method_options(method: str, optimizer: str = "gd") -> set[str]:
+def method_options(method: str, optimizer: str | None = None) -> set[str]:
     """The keyword options a method accepts (rule hyperparameters and flow options)."""
-    _check_method(method)
+    if optimizer is None:
+        optimizer = default_optimizer(method)
+    check_method(method)
     if method in OPTIMIZERS:
         return _field_names(OPTIMIZERS[method]) - {"lr"}
-    _check_optimizer(optimizer)
+    _check_models(method, optimizer)
     rule_names = _field_names(OPTIMIZERS[optimizer]) - {"lr"}
     return rule_names | (_field_names(FLOWS[method]) - {"problem", "rule"})
+
+
+def _check_models(flow: str, optimizer: str) -> None:
+    """A flow refuses an update rule it does not model (`VectorField.models`)."""
+    _check_optimizer(optimizer)
+    models = FLOWS[flow].models
+    if models is not None and optimizer not in models:
+        described = " or ".join(DESCRIPTIONS[m] for m in models)
+        names = " or ".join(repr(m) for m in models)
+        raise ValueError(
+            f"{flow} does not model the optimizer {optimizer!r}: it models {described} only "
+            f"(optimizer = {names})"
+        )
 
 
 def _check_optimizer(optimizer: str) -> None:
@@ -105,14 +141,18 @@ def make_method(
     method: str,
     lr: Any,
     *,
-    optimizer: str = "gd",
+    optimizer: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> UpdateRule | VectorField:
     """Build the update rule (discrete method) or the vector field (flow).
 
-    Raises ValueError naming any option the method does not accept.
+    ``optimizer`` is the rule a flow models (default: `default_optimizer`). Raises
+    ValueError naming any option the method does not accept, or a rule a flow does not
+    model.
     """
     options = dict(options or {})
+    if optimizer is None:
+        optimizer = default_optimizer(method)
     accepted = method_options(method, optimizer)
     unknown = sorted(set(options) - accepted)
     if unknown:

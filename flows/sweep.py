@@ -27,14 +27,12 @@ the library's design notes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -42,34 +40,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PyTree
 
-from .linalg.eigen import EigenSolver
-from .methods import is_flow, make_method
+from .eigen_tracking import track_output
+from .integrate import flow_solver, is_adaptive, run_method
+from .options import Integrator, Method, Tracking, as_tracking, check_lr, check_positive_int
 from .problem import Problem
 from .progress import progress_bar
-from .simulate import (
-    _check_positive_int,
-    check_lr,
-    check_num_eigenvalues,
-    flow_solver,
-    is_adaptive,
-    run_method,
-    track_eigenpairs,
-)
+from .simulate import check_run_length
+from .timing import compile_clock
 from .trajectory import Trajectory
 
 __all__ = ["sweep", "sweep_mesh", "SWEEP_AXIS"]
 
 #: The name of the mesh axis the sweep members are sharded along.
 SWEEP_AXIS = "sweep"
-
-# JAX's monitoring events for tracing, lowering and compiling: their durations make up
-# `Trajectory.compile_time` of a sweep (a cache hit records none of them).
-_COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
-
 
 def sweep_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A one-axis mesh (axis ``"sweep"``) over ``devices``, all devices of all processes
@@ -83,50 +66,35 @@ def sweep_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 class _Setup(eqx.Module):
     """Everything about a sweep chunk except the members: one compiled function per setup."""
 
-    method: str = eqx.field(static=True)
-    optimizer: str = eqx.field(static=True)
+    method: Method
     steps: int = eqx.field(static=True)
     save_every: int = eqx.field(static=True)
-    num_eigenvalues: int = eqx.field(static=True)
-    eigensolver: EigenSolver | None
-    solver: diffrax.AbstractSolver | None
-    rtol: float | None = eqx.field(static=True)
-    atol: float | None = eqx.field(static=True)
-    dt0: float | None = eqx.field(static=True)
-    max_steps: int | None = eqx.field(static=True)
+    tracking: Tracking
     divergence_factor: float = eqx.field(static=True)
     progress: bool = eqx.field(static=True)
     mesh: Mesh | None = eqx.field(static=True)
 
 
-def _run_member(setup: _Setup, options: dict, problem: Problem, lr: Array) -> dict[str, Array]:
+def _run_member(setup: _Setup, problem: Problem, lr: Array) -> dict[str, Array]:
     """One member: exactly what `simulate` computes for ``(problem, lr)``."""
-    built = make_method(problem, setup.method, lr, optimizer=setup.optimizer, options=options)
+    built = setup.method.build(problem, lr)
     output = run_method(
-        problem, built, setup.steps, setup.save_every, solver=setup.solver, rtol=setup.rtol,
-        atol=setup.atol, dt0=setup.dt0, max_steps=setup.max_steps,
+        problem, built, setup.steps, setup.save_every, integrator=setup.method.integrator,
         divergence_factor=setup.divergence_factor, progress=setup.progress,
     )
-    extras = dict(output.get("extras", {}))
-    eigenvalues = extras.pop("eigenvalues", None)
-    if setup.num_eigenvalues and eigenvalues is None:
-        eigenvalues, _ = track_eigenpairs(
-            problem, output["params"], setup.num_eigenvalues, solver=setup.eigensolver
-        )
+    eigenvalues, extras = track_output(problem, built, output, setup.tracking, setup.save_every)
     # Only what a Trajectory holds: the rest (e.g. a carry to continue from) is not batched.
     kept = {k: output[k] for k in ("steps", "params", "loss", "status_code", "stopped_at")}
     return {**kept, "extras": extras, "eigenvalues": eigenvalues}
 
 
 @eqx.filter_jit
-def _run_chunk(
-    setup: _Setup, options: dict, shared: Problem, varying: Problem, lrs: Array
-) -> dict[str, Any]:
+def _run_chunk(setup: _Setup, shared: Problem, varying: Problem, lrs: Array) -> dict[str, Any]:
     """A chunk of members at once: ``vmap`` over the learning rates and the parts of the
     problem that vary between members (``varying``; ``shared`` is the rest)."""
 
     def member(lr, varying_part):
-        return _run_member(setup, options, eqx.combine(varying_part, shared), lr)
+        return _run_member(setup, eqx.combine(varying_part, shared), lr)
 
     output = jax.vmap(member)(lrs, varying)
     if setup.mesh is not None and setup.mesh.size > 1:
@@ -285,22 +253,6 @@ def _to_host(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(gather, tree)
 
 
-@contextlib.contextmanager
-def _compile_clock():
-    """Accumulate the seconds JAX spends tracing, lowering and compiling inside the block."""
-    seconds = [0.0]
-
-    def listener(event, duration, **kwargs):
-        if event in _COMPILE_EVENTS:
-            seconds[0] += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seconds
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def sweep(
     problem: Problem | Callable[[int], Problem],
     method: str,
@@ -308,21 +260,14 @@ def sweep(
     lrs: Sequence[float],
     steps: int,
     seeds: Sequence[int] | None = None,
-    optimizer: str = "gd",
     save_every: int = 1,
-    num_eigenvalues: int = 0,
-    eigensolver: EigenSolver | None = None,
-    solver: diffrax.AbstractSolver | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    dt0: float | None = None,
-    max_steps: int | None = None,
+    tracking: Tracking | int | None = None,
+    integrator: Integrator | None = None,
+    optimizer: str | None = None,
     divergence_factor: float = 1e6,
     progress: bool = False,
     chunk_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
-    checkpoint_dir: Any = None,
-    checkpoint_every: int | None = None,
     **options: Any,
 ) -> Trajectory:
     """Run ``method`` for every learning rate in ``lrs`` (and every seed) as one compiled run.
@@ -349,8 +294,8 @@ def sweep(
         lrs: the learning rates, a non-empty 1-D sequence of positive numbers.
         steps: number of steps; flows are integrated over τ ∈ [0, steps] in step time.
         seeds: optional initialization seeds; the sweep is then the product lrs × seeds.
-        optimizer, save_every, num_eigenvalues, eigensolver, solver, rtol, atol, dt0,
-            max_steps, divergence_factor, progress, **options: as in `flows.simulate`.
+        save_every, tracking, integrator, optimizer, divergence_factor, progress,
+            **options: as in `flows.simulate` (``method`` may be a `flows.Method`).
         chunk_size: members per vmapped call. Members are sorted by learning rate and run
             in chunks of this many (rounded up to a multiple of the device count), each
             chunk a call of the same compiled function, so that a stiff large learning
@@ -360,8 +305,9 @@ def sweep(
             keeps busy: smaller chunks (down to 1) for CPU-bound models, ``len(lrs)`` for
             small problems on an accelerator (see the benchmarks' README).
         devices: the devices to shard the sweep axis across (default all, `sweep_mesh`).
-        checkpoint_dir, checkpoint_every: accepted for parity with `flows.simulate`; sweeps
-            are not checkpointed, so anything but None raises ValueError.
+
+    A sweep is held in memory; a checkpointed, resumable sweep is a `flows.RunSpec` with a
+    tuple of learning rates run by `flows.runs.run` (or ``flows run`` on a config).
 
     Returns:
         A `Trajectory` whose arrays carry leading sweep axes: ``(L, ...)`` for L learning
@@ -370,18 +316,11 @@ def sweep(
         whole sweep's run time and ``compile_time`` its tracing and compilation (0 when the
         compiled function is reused).
     """
-    if checkpoint_dir is not None or checkpoint_every is not None:
-        raise ValueError(
-            "checkpoint_dir/checkpoint_every: sweeps are not checkpointed; run the learning "
-            "rates one by one with flows.simulate to checkpoint them"
-        )
     lr_values = _check_lrs(lrs)
-    steps = _check_positive_int("steps", steps)
-    save_every = _check_positive_int("save_every", save_every)
-    if steps % save_every:
-        raise ValueError(f"save_every={save_every} must divide steps={steps}")
+    steps, save_every = check_run_length(steps, save_every)
+    method = Method.of(method, optimizer=optimizer, integrator=integrator, **options)
     if chunk_size is not None:
-        chunk_size = _check_positive_int("chunk_size", chunk_size)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
 
     if seeds is None:
         if not isinstance(problem, Problem):
@@ -405,8 +344,9 @@ def sweep(
     # Validate the method and its options at the boundary, with the first member's problem.
     first_varying = jax.tree_util.tree_map(lambda x: x[0], varying)
     first_problem = eqx.combine(first_varying, shared)
-    first = make_method(first_problem, method, lr_values[0], optimizer=optimizer, options=options)
-    num_eigenvalues = check_num_eigenvalues(num_eigenvalues, first_problem)
+    first = method.build(first_problem, lr_values[0])
+    tracking = as_tracking(tracking).check(first_problem.num_params)
+    tracking.rows(save_every)
 
     mesh = sweep_mesh(devices)
     num_lrs = len(lr_values)
@@ -416,7 +356,9 @@ def sweep(
     # Stiffness grows with η: similar learning rates share a chunk.
     by_lr = np.argsort(lr_values[lr_index], kind="stable")
 
-    adaptive = is_flow(method) and is_adaptive(flow_solver(first, solver), dt0)
+    adaptive = method.is_flow and is_adaptive(
+        flow_solver(first, method.integrator.solver), method.integrator.dt0
+    )
     if chunk_size is None:
         chunk_size = max(4, -(-num_members // 4)) if adaptive else num_members
     chunk_size = min(chunk_size, num_members)
@@ -430,10 +372,8 @@ def sweep(
     member_lrs = lr_values[lr_index[padded]]
     member_seeds = seed_index[padded]
     setup = _Setup(
-        method=method, optimizer=optimizer, steps=steps, save_every=save_every,
-        num_eigenvalues=num_eigenvalues, eigensolver=eigensolver, solver=solver, rtol=rtol,
-        atol=atol, dt0=dt0, max_steps=max_steps, divergence_factor=divergence_factor,
-        progress=progress, mesh=mesh,
+        method=method, steps=steps, save_every=save_every, tracking=tracking,
+        divergence_factor=divergence_factor, progress=progress, mesh=mesh,
     )
     replicated = PartitionSpec()
     by_member = PartitionSpec(SWEEP_AXIS)
@@ -441,7 +381,7 @@ def sweep(
     varying_host = jax.tree_util.tree_map(np.asarray, varying)
 
     outputs = []
-    with _compile_clock() as compile_seconds:
+    with compile_clock() as compile_seconds:
         start = time.perf_counter()
         for chunk in range(num_chunks):
             members = slice(chunk * chunk_size, (chunk + 1) * chunk_size)
@@ -452,9 +392,11 @@ def sweep(
                 mesh,
                 by_member,
             )
-            label = method if num_chunks == 1 else f"{method} [{chunk + 1}/{num_chunks}]"
-            with progress_bar(steps, label, enabled=progress and not is_flow(method)):
-                outputs.append(_run_chunk(setup, options, shared, chunk_varying, chunk_lrs))
+            label = (
+                method.name if num_chunks == 1 else f"{method.name} [{chunk + 1}/{num_chunks}]"
+            )
+            with progress_bar(steps, label, enabled=progress and not method.is_flow):
+                outputs.append(_run_chunk(setup, shared, chunk_varying, chunk_lrs))
         order = np.empty(num_members, dtype=np.int32)
         order[by_lr] = np.arange(num_members, dtype=np.int32)
         order = _place(order, mesh, replicated)
@@ -470,7 +412,7 @@ def sweep(
 
     lr_grid = np.broadcast_to(lr_values[:, None], (num_lrs, num_seeds)).reshape(shape)
     return Trajectory(
-        method=method,
+        method=method.name,
         lr=jnp.asarray(lr_grid),
         steps=unflatten(output["steps"]),
         params=unflatten(output["params"]),

@@ -1,4 +1,10 @@
-"""Small problems with known answers, built here so tests do not depend on the zoo."""
+"""Small problems with known answers, built here so tests do not depend on the zoo.
+
+Each problem is built once per test process and shared: the same loss function, so the
+library's compiled functions for it are reused from test to test.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +22,12 @@ def random_symmetric(eigenvalues, seed=0):
 
 def quadratic_problem(eigenvalues, seed=0):
     """½ wᵀHw as a Problem on a dict pytree, with H and w₀ returned for closed forms."""
+    problem, h, w0 = _quadratic_problem(tuple(float(v) for v in eigenvalues), seed)
+    return problem, h.copy(), w0.copy()
+
+
+@functools.cache
+def _quadratic_problem(eigenvalues, seed):
     h = jnp.asarray(random_symmetric(eigenvalues, seed))
     rng = np.random.default_rng(seed + 1)
     w0 = jnp.asarray(rng.standard_normal(len(eigenvalues)))
@@ -29,6 +41,7 @@ def quadratic_problem(eigenvalues, seed=0):
     return flows.Problem(loss, params0, name="quadratic"), np.asarray(h), np.asarray(w0)
 
 
+@functools.cache
 def tanh_mlp_problem(n_in=3, width=6, n_out=2, n_data=10, seed=0):
     """A tiny tanh MLP with MSE, for tests on non-quadratic losses."""
     k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
@@ -44,3 +57,19 @@ def tanh_mlp_problem(n_in=3, width=6, n_out=2, n_data=10, seed=0):
         return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
 
     return flows.Problem(loss, params0, name="tiny_mlp")
+
+
+def count_compilations(fn):
+    """Run fn and count XLA compilations (JAX's own monitoring event), independent of flows."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return result, len(compiled)

@@ -7,7 +7,7 @@ import pytest
 import flows
 from flows.eigen_tracking import (
     midpoints,
-    preconditioner_series,
+    p_inv_series,
     track,
     track_trajectory,
 )
@@ -97,8 +97,8 @@ def test_effective_sharpness_of_rmsprop_is_the_top_eigenvalue_of_p_inv_h():
     problem, h, w0 = quadratic_problem([4.0, 1.0, 0.3])
     lr, beta2, steps = 0.05, 0.9, 12
     trajectory = flows.simulate(
-        problem, "rmsprop", lr=lr, steps=steps, beta2=beta2, num_eigenvalues=2,
-        effective_sharpness=True,
+        problem, "rmsprop", lr=lr, steps=steps, beta2=beta2,
+        tracking=flows.Tracking(2, effective=True),
     )
     ws, p_invs = rmsprop_by_hand(h, w0, lr, beta2, steps)
     np.testing.assert_allclose(np.asarray(trajectory.params), ws, rtol=1e-10, atol=1e-12)
@@ -113,14 +113,14 @@ def test_effective_sharpness_of_rmsprop_is_the_top_eigenvalue_of_p_inv_h():
     np.testing.assert_allclose(np.asarray(again.values), expected, rtol=1e-9)
 
 
-def test_effective_sharpness_of_bias_corrected_rmsprop_uses_the_step_preconditioner():
+def test_effective_sharpness_of_bias_corrected_rmsprop_uses_the_step_p_inv():
     """From ν_{−1} = 0 with bias correction, step k uses P_k⁻¹ = η/√(ν_k/(1 − β₂^{k+1})):
     the flow's count τ + ½ at τ = k would be off by up to √(1 + √β₂) ≈ √2 at k = 0."""
     problem, h, w0 = quadratic_problem([4.0, 1.0, 0.3])
     lr, beta2, steps = 0.05, 0.9, 6
     options = dict(beta2=beta2, initial_nu=0.0, bias_correction=True)
     trajectory = flows.simulate(
-        problem, "rmsprop", lr=lr, steps=steps, num_eigenvalues=1, effective_sharpness=True,
+        problem, "rmsprop", lr=lr, steps=steps, tracking=flows.Tracking(1, effective=True),
         **options,
     )
     w, nu, p_invs = w0.copy(), np.zeros(3), []
@@ -134,12 +134,12 @@ def test_effective_sharpness_of_bias_corrected_rmsprop_uses_the_step_preconditio
     expected = [np.max(np.linalg.eigvals(np.diag(p) @ h).real) for p in p_invs]
     np.testing.assert_allclose(np.asarray(trajectory.eigenvalues[:, 0]), expected, rtol=1e-9)
     rule = flows.make_method(problem, "rmsprop", lr, options=options)
-    series = preconditioner_series(
+    series = p_inv_series(
         problem, rule, trajectory.steps, trajectory.params, trajectory.extras
     )
     np.testing.assert_allclose(np.asarray(series), p_invs, rtol=1e-10)
     # A flow's rows are P⁻¹(τ) of its own state ν(τ) ≈ ν_{τ−½}, with the count τ + ½.
-    flow_rows = preconditioner_series(
+    flow_rows = p_inv_series(
         problem, rule, trajectory.steps, trajectory.params, trajectory.extras, discrete=False
     )
     counts = np.arange(steps + 1) + 0.5
@@ -150,34 +150,34 @@ def test_effective_sharpness_of_bias_corrected_rmsprop_uses_the_step_preconditio
     )
 
 
-def test_preconditioner_series_of_stateless_rules():
+def test_p_inv_series_of_stateless_rules():
     problem, h, _ = quadratic_problem([2.0, 0.5])
     params = jnp.asarray(np.random.default_rng(1).standard_normal((4, 2)))
     steps = jnp.arange(4)
     gd = flows.make_method(problem, "gd", 0.3)
-    np.testing.assert_allclose(np.asarray(preconditioner_series(problem, gd, steps, params)), 0.3)
+    np.testing.assert_allclose(np.asarray(p_inv_series(problem, gd, steps, params)), 0.3)
     ngd = flows.make_method(problem, "normalized_gd", 0.3)
     expected = 0.3 / np.linalg.norm(np.asarray(params) @ h, axis=1)
     np.testing.assert_allclose(
-        np.asarray(preconditioner_series(problem, ngd, steps, params)), expected, rtol=1e-12
+        np.asarray(p_inv_series(problem, ngd, steps, params)), expected, rtol=1e-12
     )
 
 
 def test_simulate_tracking_options():
     problem, h, _ = quadratic_problem([3.0, 1.0, 0.2])
-    default = flows.simulate(problem, "gd", lr=0.1, steps=8, save_every=2, num_eigenvalues=2)
+    default = flows.simulate(problem, "gd", lr=0.1, steps=8, save_every=2, tracking=2)
     exact = np.tile([3.0, 1.0], (5, 1))
     np.testing.assert_allclose(np.asarray(default.eigenvalues), exact, atol=1e-10)
     sparse = flows.simulate(
-        problem, "gd", lr=0.1, steps=8, save_every=2, num_eigenvalues=2, eigen_every=4
+        problem, "gd", lr=0.1, steps=8, save_every=2, tracking=flows.Tracking(2, every=4)
     )
     values = np.asarray(sparse.eigenvalues)
     np.testing.assert_allclose(values[::2], np.tile([3.0, 1.0], (3, 1)), atol=1e-10)
     assert np.all(np.isnan(values[1::2]))
-    common = dict(lr=0.1, steps=8, save_every=2, num_eigenvalues=1)
+    common = dict(lr=0.1, steps=8, save_every=2)
     with pytest.raises(ValueError, match="eigen_every"):
-        flows.simulate(problem, "gd", eigen_every=3, **common)
+        flows.simulate(problem, "gd", tracking=flows.Tracking(1, every=3), **common)
     with pytest.raises(ValueError, match="odd number of steps"):
-        flows.simulate(problem, "gd", midpoint=True, **common)
+        flows.simulate(problem, "gd", tracking=flows.Tracking(1, midpoint=True), **common)
     with pytest.raises(ValueError, match="every must be a positive"):
         track(problem, default.params, 1, every=0)

@@ -9,15 +9,14 @@ import textwrap
 from pathlib import Path
 
 import diffrax
-import jax
 import numpy as np
 import pytest
 import scipy.linalg
 
 import flows
+from flows.integrate import divergence_threshold
 from flows.plots.sweep import plot_sweep_summary, sweep_summary
-from flows.simulate import divergence_threshold
-from tests.helpers import quadratic_problem
+from tests.helpers import count_compilations, quadratic_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 EIGS = [3.0, 1.0, 0.6, 0.25, 0.1, -0.5]  # the negative one: large η diverge for every method
@@ -100,22 +99,6 @@ def test_members_are_their_simulate_runs_and_divergence_stays_per_member(method_
     stop = int(run.stopped_at[0])
     assert np.all(np.isfinite(run.params[0, :stop]))
     assert not np.any(np.isfinite(run.params[0, stop + 1 :]))
-
-
-def count_compilations(fn):
-    """Run fn and count XLA compilations (JAX's own monitoring event), independent of flows."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        result = fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return result, len(compiled)
 
 
 def test_new_learning_rate_values_do_not_recompile(quadratic):
@@ -242,7 +225,7 @@ def test_summary_against_eta_and_its_plot(quadratic, tmp_path):
     problem, h, w0 = quadratic
     # The same shapes as the gradient-flow sweep above: its compiled function is reused.
     run = flows.sweep(problem, "gradient_flow", lrs=LRS, steps=STEPS, chunk_size=2)
-    gd = flows.sweep(problem, "gd", lrs=LRS, steps=STEPS, num_eigenvalues=1)
+    gd = flows.sweep(problem, "gd", lrs=LRS, steps=STEPS, tracking=1)
     summary = sweep_summary(gd)
     lam = max(EIGS)  # a quadratic's sharpness is constant
     np.testing.assert_allclose(gd.sharpness[1:], lam, rtol=1e-10)
@@ -265,7 +248,7 @@ def test_summary_against_eta_and_its_plot(quadratic, tmp_path):
 def test_chunking_follows_the_integrator_the_flow_runs_with():
     # Adaptive solves are chunked by learning rate (a vmapped solve runs until its slowest
     # member ends); the central flow's own integrator is fixed-step, so it is not.
-    from flows.simulate import flow_solver, is_adaptive
+    from flows.integrate import flow_solver, is_adaptive
 
     problem, _, _ = quadratic_problem([1.0, 2.0, 3.0])
     central = flows.make_method(problem, "central_flow", 0.1)

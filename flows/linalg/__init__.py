@@ -7,7 +7,7 @@ from .eigen import (
     EigenSolver,
     Lanczos,
     align_signs,
-    default_solver,
+    default_eigensolver,
     sharpness,
     top_eigenpairs,
 )
@@ -32,7 +32,7 @@ __all__ = [
     "DenseEigh",
     "Lanczos",
     "LOBPCG",
-    "default_solver",
+    "default_eigensolver",
     "top_eigenpairs",
     "sharpness",
     "align_signs",

@@ -1,6 +1,6 @@
 """Top-k Hessian eigenpairs: one interface, three solvers.
 
-Every solver is an equinox module called as ``solver(matvec, w, k, init)`` and
+Every eigensolver is an equinox module called as ``eigensolver(matvec, w, k, init)`` and
 returns the k *algebraically* largest eigenpairs (sharpness is the top algebraic
 eigenvalue, not the largest in magnitude), values descending, vectors as
 columns. ``init`` warm-starts the iterative solvers with the previous vectors;
@@ -32,7 +32,7 @@ __all__ = [
     "DenseEigh",
     "Lanczos",
     "LOBPCG",
-    "default_solver",
+    "default_eigensolver",
     "top_eigenpairs",
     "sharpness",
     "align_signs",
@@ -66,7 +66,7 @@ def _start_vector(w: Array, init: Array | None) -> Array:
 
 
 class EigenSolver(eqx.Module):
-    """Interface: ``solver(matvec, w, k, init=None) -> Eigenpairs``."""
+    """Interface: ``eigensolver(matvec, w, k, init=None) -> Eigenpairs``."""
 
     @abc.abstractmethod
     def __call__(
@@ -118,7 +118,7 @@ class LOBPCG(EigenSolver):
         return _top_k(values, vectors, k)
 
 
-def default_solver(num_params: int) -> EigenSolver:
+def default_eigensolver(num_params: int) -> EigenSolver:
     """Dense below 1500 parameters, Lanczos above."""
     return DenseEigh() if num_params <= 1500 else Lanczos()
 
@@ -134,19 +134,21 @@ def top_eigenpairs(
     w: Float[Array, " n"],
     k: int = 1,
     *,
-    solver: EigenSolver | None = None,
+    eigensolver: EigenSolver | None = None,
     init: Float[Array, "n k"] | None = None,
-    preconditioner: Float[Array, " n"] | float | None = None,
+    p_inv: Float[Array, " n"] | float | None = None,
 ) -> Eigenpairs:
     """The top-k eigenpairs of the Hessian of ``f`` at ``w``.
 
-    With ``preconditioner = p`` (the inverse preconditioner P⁻¹, a scalar or a
-    diagonal), the operator is ``p^{1/2} H p^{1/2}``, whose eigenvalues are those
-    of ``P⁻¹H`` (the effective sharpness of preconditioned GD); its eigenvectors
-    ``v`` give the generalized eigenvectors ``p^{1/2} v`` of (H, P).
+    With ``p_inv = p`` (the inverse preconditioner P⁻¹, a scalar or a diagonal), the
+    operator is ``p^{1/2} H p^{1/2}``, whose eigenvalues are those of ``P⁻¹H`` (the
+    effective sharpness of preconditioned GD); its eigenvectors ``v`` give the
+    generalized eigenvectors ``p^{1/2} v`` of (H, P). ``eigensolver`` defaults to
+    `default_eigensolver` (dense below 1500 parameters, Lanczos above).
     """
-    solver = default_solver(w.shape[0]) if solver is None else solver
-    pairs = solver(preconditioned_hvp(f, w, preconditioner), w, k, init)
+    if eigensolver is None:
+        eigensolver = default_eigensolver(w.shape[0])
+    pairs = eigensolver(preconditioned_hvp(f, w, p_inv), w, k, init)
     if init is not None:
         # init may carry extra (guard) columns beyond the k returned
         pairs = Eigenpairs(pairs.values, align_signs(pairs.vectors, init[:, :k]))
@@ -154,7 +156,10 @@ def top_eigenpairs(
 
 
 def sharpness(
-    f: Callable[[Array], Scalar], w: Float[Array, " n"], *, solver: EigenSolver | None = None
+    f: Callable[[Array], Scalar],
+    w: Float[Array, " n"],
+    *,
+    eigensolver: EigenSolver | None = None,
 ) -> Scalar:
     """``S(w) = λ_1(∇²f(w))``, the top algebraic Hessian eigenvalue."""
-    return top_eigenpairs(f, w, 1, solver=solver).values[0]
+    return top_eigenpairs(f, w, 1, eigensolver=eigensolver).values[0]

@@ -48,14 +48,14 @@ def hvp(f: Loss, w: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, "
 def preconditioned_hvp(
     f: Loss,
     w: Float[Array, " n"],
-    preconditioner: Float[Array, " n"] | float | None = None,
+    p_inv: Float[Array, " n"] | float | None = None,
 ) -> Callable[[Array], Array]:
-    """``v ↦ p^{1/2} H p^{1/2} v`` for the inverse preconditioner ``p = P⁻¹`` (a scalar or
-    a diagonal; ``v ↦ Hv`` for None): the symmetric operator whose eigenvalues are those
-    of ``P⁻¹H``."""
-    if preconditioner is None:
+    """``v ↦ p^{1/2} H p^{1/2} v`` for ``p = p_inv``, the inverse preconditioner P⁻¹ (a
+    scalar or a diagonal; ``v ↦ Hv`` for None): the symmetric operator whose eigenvalues
+    are those of ``P⁻¹H``."""
+    if p_inv is None:
         return lambda v: hvp(f, w, v)
-    root = jnp.sqrt(preconditioner)
+    root = jnp.sqrt(p_inv)
     return lambda v: root * hvp(f, w, root * v)
 
 

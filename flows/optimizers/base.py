@@ -83,19 +83,19 @@ class UpdateRule(eqx.Module):
         """
         return self.update(jnp.asarray(0), self.init(f, w), f, w, gradient(f)(w))[1]
 
-    def preconditioner(self, t: Scalar, state: State, f: Loss, w: Float[Array, " n"], g: Array):
+    def p_inv(self, t: Scalar, state: State, f: Loss, w: Float[Array, " n"], g: Array):
         """``P⁻¹`` at continuous time t (scalar or diagonal), from the flow's state s(t)."""
         return self.derivative(t, state, f, w, g)[0]
 
-    def step_preconditioner(
+    def step_p_inv(
         self, step: Int[Array, ""], state: State, f: Loss, w: Float[Array, " n"], g: Array
     ):
         """``P_k⁻¹`` of the discrete step k from its state s_k (what `run_discrete` saves).
 
-        The same as `preconditioner` at t = k unless the flow's state is aligned
+        The same as `p_inv` at t = k unless the flow's state is aligned
         differently: RMSProp's ν(τ) models ν_{τ−½}, so ν_k belongs to τ = k + ½.
         """
-        return self.preconditioner(step, state, f, w, g)
+        return self.p_inv(step, state, f, w, g)
 
     def state_diagnostics(self, state: State) -> dict[str, Array]:
         """The optimizer state as named arrays to report along a run (none by default).

@@ -107,7 +107,7 @@ class RMSProp(UpdateRule):
         dnu = -jnp.log(self.beta2) * (self._second_moment(grad_sq) - state)
         return self._p_inv(state, t + 0.5), dnu
 
-    def step_preconditioner(self, step, state, f, w, g):
+    def step_p_inv(self, step, state, f, w, g):
         return self._p_inv(state, step + 1)
 
     def initial_flow_state(self, f, w):

@@ -11,6 +11,7 @@ saved steps (`diagnostics`, and `running_maxima` over the steps in between).
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -35,11 +36,16 @@ def initial_optimizer_state(rule: UpdateRule, problem: Problem):
 class VectorField(eqx.Module):
     """Interface: ``field(t, y, args) -> dy/dτ``.
 
-    Subclasses hold the `Problem` and the `UpdateRule` they are built on.
+    Subclasses hold the `Problem` and the `UpdateRule` they are built on, and say which
+    rules they model (`models`, by optimizer name; None: any rule with a continuous-time
+    derivative) and which one by default (`default_optimizer`).
     """
 
     problem: eqx.AbstractVar[Problem]
     rule: eqx.AbstractVar[UpdateRule]
+
+    models: ClassVar[tuple[str, ...] | None] = None
+    default_optimizer: ClassVar[str] = "gd"
 
     @abc.abstractmethod
     def __call__(self, t: Scalar, y: PyTree, args) -> PyTree:

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -200,13 +201,13 @@ def edge_system(
 ) -> EdgeSystem:
     """Assemble `EdgeSystem` at ``(t, w, s)`` for the basis u and ``third = g_ij``.
 
-    Generic in the rule: ``P⁻¹`` is ``rule.preconditioner``, the state rate comes from
+    Generic in the rule: ``P⁻¹`` is ``rule.p_inv``, the state rate comes from
     ``rule.derivative`` (linearised in ``E[g⊙g]``, exact for RMSProp-type rules), and
     Ṗ is the derivative of ``P⁻¹(t, s, w)`` along (1, ṡ, ẇ), by forward differentiation.
     For GD all the Ṗ terms vanish identically.
     """
     k = u.shape[1]
-    p_inv = rule.preconditioner(t, state, f, w, g)
+    p_inv = rule.p_inv(t, state, f, w, g)
     dw0 = -p_inv * g
     dw_x = -0.5 * p_inv * third
     grad_sq0 = g * g
@@ -219,7 +220,7 @@ def edge_system(
     ds0, state_rate_linear = jax.linearize(state_rate, grad_sq0)
 
     def p_inv_at(time, s, x):
-        return rule.preconditioner(time, s, f, x, gradient(f)(x))
+        return rule.p_inv(time, s, f, x, gradient(f)(x))
 
     def d_precond(dt, ds, dw):
         dp_inv = jax.jvp(p_inv_at, (t, state, w), (dt, ds, dw))[1]
@@ -316,13 +317,16 @@ class CentralFlow(VectorField):
     Attributes:
         problem: the loss.
         rule: the update rule (GD, or a preconditioned rule supplying P⁻¹ and ds/dτ).
-        num_tracked: k, the top eigenvalues tracked and reported.
-        max_edge: at most this many eigenvalues at the edge at once (default k).
+        num_eigenvalues: the number of top eigenvalues (of P⁻¹H) tracked and reported
+            (``eigenvalues`` in the diagnostics); ``k = min(num_eigenvalues, n)``.
+        max_edge: at most this many of the tracked eigenvalues at the edge at once,
+            between 1 and ``num_eigenvalues`` (default: all k; see `edge_size`).
         edge_margin: eigen-directions with ``μ ≥ 2 − edge_margin`` (μ the eigenvalues of
             P⁻¹H, ηλ for GD) enter the complementarity problem.
         restoring_rate: κ, per unit of step time (see the module docstring); keep
             ``κ · dt0 ≤ 1`` with `CentralFlowSolver`.
-        guard: extra tracked vectors (speed up the warm-started eigensolver).
+        guard: extra eigenvectors tracked beyond the ``num_eigenvalues`` reported (they
+            speed up the warm-started eigensolver; see `block_size`).
         refine_iterations: block Rayleigh–Ritz iterations per step in `CentralFlowSolver`.
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
@@ -333,7 +337,7 @@ class CentralFlow(VectorField):
 
     problem: Problem
     rule: UpdateRule
-    num_tracked: int = eqx.field(static=True, default=5)
+    num_eigenvalues: int = eqx.field(static=True, default=5)
     max_edge: int | None = eqx.field(static=True, default=None)
     edge_margin: float = 0.1
     restoring_rate: float = 1.0
@@ -342,15 +346,18 @@ class CentralFlow(VectorField):
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
     eigensolver: EigenSolver | None = None
 
+    # Preconditioned rules whose P⁻¹ is a function of a state s with a rate ds/dτ.
+    models: ClassVar[tuple[str, ...] | None] = ("gd", "rmsprop", "scalar_rmsprop")
+
     def __check_init__(self):
-        for name, least in (("num_tracked", 1), ("guard", 0), ("refine_iterations", 1)):
+        for name, least in (("num_eigenvalues", 1), ("guard", 0), ("refine_iterations", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
-        k = self.num_tracked
+        k = self.num_eigenvalues
         if self.max_edge is not None and not 1 <= self.max_edge <= k:
             raise ValueError(
-                f"max_edge must be between 1 and num_tracked={k}, got {self.max_edge!r}"
+                f"max_edge must be between 1 and num_eigenvalues={k}, got {self.max_edge!r}"
             )
         for name in ("edge_margin", "restoring_rate"):
             value = getattr(self, name)
@@ -360,21 +367,23 @@ class CentralFlow(VectorField):
     # -- pieces
 
     @property
-    def tracked(self) -> int:
-        """k, the eigenvalues tracked and reported: ``num_tracked``, at most n."""
-        return min(self.num_tracked, self.problem.num_params)
+    def k(self) -> int:
+        """``k = min(num_eigenvalues, n)``: the number of eigenvalues tracked and reported."""
+        return min(self.num_eigenvalues, self.problem.num_params)
 
     @property
     def edge_size(self) -> int:
-        """K: the size of the complementarity problem (``max_edge``, default k)."""
-        return self.tracked if self.max_edge is None else min(self.max_edge, self.tracked)
+        """K: the size of the complementarity problem, the leading K of the k tracked
+        eigenvalues that may be at the edge: ``min(max_edge, k)``, k by default."""
+        return self.k if self.max_edge is None else min(self.max_edge, self.k)
 
     @property
     def block_size(self) -> int:
-        """The number of tracked eigenvectors, ``k + guard`` (at most n)."""
-        return min(self.num_tracked + self.guard, self.problem.num_params)
+        """The number of eigenvectors tracked, ``min(num_eigenvalues + guard, n)``: the k
+        reported and the ``guard`` ones beyond them."""
+        return min(self.num_eigenvalues + self.guard, self.problem.num_params)
 
-    def _exact_solver(self) -> EigenSolver:
+    def _exact_eigensolver(self) -> EigenSolver:
         if self.eigensolver is not None:
             return self.eigensolver
         n = self.problem.num_params
@@ -390,19 +399,19 @@ class CentralFlow(VectorField):
 
     def _exact_geometry(self, t, w, state) -> _Geometry:
         f = self.problem.flat_loss
-        p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
+        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
         pairs = top_eigenpairs(
-            f, w, self.block_size, solver=self._exact_solver(), preconditioner=p_inv
+            f, w, self.block_size, eigensolver=self._exact_eigensolver(), p_inv=p_inv
         )
         return self._geometry(p_inv, pairs.values, pairs.vectors)
 
     def _refined_geometry(self, t, w, state, vectors) -> _Geometry:
         f = self.problem.flat_loss
-        p_inv = self.rule.preconditioner(t, state, f, w, gradient(f)(w))
+        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
         values, vectors, _, _ = block_rayleigh_ritz(
             preconditioned_hvp(f, w, p_inv),
             vectors,
-            num_converged=self.tracked,
+            num_converged=self.k,
             max_iterations=self.refine_iterations,
             rtol=0.0,
         )
@@ -417,7 +426,7 @@ class CentralFlow(VectorField):
         f = self.problem.flat_loss
         u, num_active = geometry.u, geometry.num_active
         loss, g = loss_and_gradient(f, w)
-        p_inv = self.rule.preconditioner(t, state, f, w, g)
+        p_inv = self.rule.p_inv(t, state, f, w, g)
         if third is None:
             third = _active_third_derivatives(f, w, u, num_active)
         if curvature is None:
@@ -433,7 +442,7 @@ class CentralFlow(VectorField):
         return _Evaluation(dw, ds, third), report
 
     def _summary(self, t, geometry: _Geometry, report: _Report) -> EdgeSummary:
-        k = self.tracked
+        k = self.k
         x, u, curvature, loss = report.x, geometry.u, report.curvature, report.loss
         g, grad_sq, residual = report.g, report.grad_sq, report.residual
         # Σ = U X Uᵀ shares its non-zero eigenvalues with Lᵀ X L, UᵀU = L Lᵀ; unlike a
@@ -514,7 +523,7 @@ def _tableau(a: list[list[float]], b: list[float]) -> tuple[np.ndarray, np.ndarr
     return full, full.sum(axis=1)
 
 
-#: Explicit Runge–Kutta methods for `CentralFlowSolver`, by name.
+#: Explicit Runge–Kutta tableaus for `CentralFlowSolver` (its ``tableau``), by name.
 TABLEAUS = {
     "euler": _tableau([[]], [1.0]),
     "heun": _tableau([[], [1.0]], [0.5, 0.5]),
@@ -547,7 +556,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
 
     The solver state carries the tracked eigenvectors and the rates at the current
     point. A step from w₀ (basis U₀ and rates known) evaluates the three inner RK4
-    stages with U₀ held fixed — exact gradient, preconditioner and third derivatives
+    stages with U₀ held fixed — exact gradient, P⁻¹ and third derivatives
     ``g_ij`` at the stage point, the stability matrix ``Uᵀ(2P − H)U`` by a second-order
     Taylor expansion in w — and then, at the new point w₁, refines the eigenvectors
     from U₀ (``refine_iterations`` block Rayleigh–Ritz iterations) and evaluates the
@@ -558,19 +567,25 @@ class CentralFlowSolver(diffrax.AbstractSolver):
 
     Use it with a constant step ``dt0`` (1 by default in `flows.run_flow`) dividing the
     save interval; ``restoring_rate · dt0 ≤ 1`` keeps the restoring term stable.
+
+    Attributes:
+        tableau: the explicit Runge–Kutta tableau, by name (`TABLEAUS`); classic RK4
+            (``"rk4"``) by default.
     """
 
-    method: str = eqx.field(static=True, default="rk4")
+    tableau: str = eqx.field(static=True, default="rk4")
 
     term_structure = diffrax.AbstractTerm
     interpolation_cls = diffrax.LocalLinearInterpolation
 
     def __check_init__(self):
-        if self.method not in TABLEAUS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(TABLEAUS)}")
+        if self.tableau not in TABLEAUS:
+            raise ValueError(
+                f"unknown tableau {self.tableau!r}; choose one of {sorted(TABLEAUS)}"
+            )
 
     def order(self, terms):
-        return _ORDERS[self.method]
+        return _ORDERS[self.tableau]
 
     def init(self, terms, t0, t1, y0, args):
         field = _unwrap(terms)
@@ -594,7 +609,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         w0, s0, _ = y0
         geometry0, first = solver_state.geometry, solver_state.first
         h = t1 - t0
-        a, c = (jnp.asarray(x, dtype=h.dtype) for x in TABLEAUS[self.method])
+        a, c = (jnp.asarray(x, dtype=h.dtype) for x in TABLEAUS[self.tableau])
         last = a.shape[0] - 1
         size = field.edge_size
         curvature0 = jnp.diag(geometry0.values[:size])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,8 @@ class PrincipalFlow(VectorField):
     problem: Problem
     rule: UpdateRule
     path: str = eqx.field(static=True, default="auto")
+
+    models: ClassVar[tuple[str, ...] | None] = ("gd",)
     num_matvecs: int = eqx.field(static=True, default=64)
 
     def __check_init__(self):

@@ -99,7 +99,9 @@ class SharpnessReductionFlow(VectorField):
 
     def normal_space(self, w: Float[Array, " n"]) -> Eigenpairs:
         """The top ``codim`` Hessian eigenpairs at w (their vectors span the normal space)."""
-        return top_eigenpairs(self.problem.flat_loss, w, self.codim, solver=self.eigensolver)
+        return top_eigenpairs(
+            self.problem.flat_loss, w, self.codim, eigensolver=self.eigensolver
+        )
 
     def _newton_step(self, pairs: Eigenpairs, w: Array) -> Array:
         """``U Λ⁻¹ Uᵀ g``: the Newton step onto Γ within the normal space."""
@@ -155,6 +157,8 @@ class NormalizedGDFlow(SharpnessReductionFlow):
 
     coefficient: ClassVar[float] = 0.25
     logarithmic: ClassVar[bool] = True
+    models: ClassVar[tuple[str, ...] | None] = ("normalized_gd",)
+    default_optimizer: ClassVar[str] = "normalized_gd"
 
 
 class SqrtGDFlow(SharpnessReductionFlow):
@@ -162,3 +166,5 @@ class SqrtGDFlow(SharpnessReductionFlow):
 
     coefficient: ClassVar[float] = 0.125
     logarithmic: ClassVar[bool] = False
+    models: ClassVar[tuple[str, ...] | None] = ("sqrt_gd",)
+    default_optimizer: ClassVar[str] = "sqrt_gd"

@@ -54,11 +54,11 @@ def test_hvp_at_complex_parameters_is_complex_symmetric_hessian():
 
 
 @pytest.mark.parametrize(
-    "solver",
+    "eigensolver",
     [flows.DenseEigh(), flows.Lanczos(num_matvecs=30), flows.LOBPCG(max_iterations=200)],
     ids=["dense", "lanczos", "lobpcg"],
 )
-def test_top_k_matches_dense_eigh(solver):
+def test_top_k_matches_dense_eigh(eigensolver):
     # Negative eigenvalues of larger magnitude: the top *algebraic* ones are wanted.
     spectrum = np.concatenate([[5.0, 4.0, 3.5, 2.0], np.linspace(-8.0, 1.0, 36)])
     h = random_symmetric(spectrum, seed=5)
@@ -68,7 +68,7 @@ def test_top_k_matches_dense_eigh(solver):
         return 0.5 * w @ hj @ w
 
     w = jnp.zeros(40)
-    pairs = flows.top_eigenpairs(f, w, 3, solver=solver)
+    pairs = flows.top_eigenpairs(f, w, 3, eigensolver=eigensolver)
     values, vectors = np.linalg.eigh(h)
     np.testing.assert_allclose(pairs.values, values[::-1][:3], rtol=1e-8)
     overlaps = np.abs(np.sum(np.asarray(pairs.vectors) * vectors[:, ::-1][:, :3], axis=0))
@@ -84,17 +84,17 @@ def spread_quadratic():
 def test_warm_start_aligns_signs_with_previous_vectors():
     f = spread_quadratic()
     w = jnp.zeros(8)
-    first = flows.top_eigenpairs(f, w, 2, solver=flows.DenseEigh())
+    first = flows.top_eigenpairs(f, w, 2, eigensolver=flows.DenseEigh())
     flipped = -first.vectors
-    again = flows.top_eigenpairs(f, w, 2, solver=flows.Lanczos(), init=flipped)
+    again = flows.top_eigenpairs(f, w, 2, eigensolver=flows.Lanczos(), init=flipped)
     np.testing.assert_allclose(again.vectors, flipped, atol=1e-8)
 
 
 def test_warm_start_may_carry_extra_guard_columns():
     f = spread_quadratic()
     w = jnp.zeros(8)
-    four = flows.top_eigenpairs(f, w, 4, solver=flows.DenseEigh())
-    two = flows.top_eigenpairs(f, w, 2, solver=flows.DenseEigh(), init=-four.vectors)
+    four = flows.top_eigenpairs(f, w, 4, eigensolver=flows.DenseEigh())
+    two = flows.top_eigenpairs(f, w, 2, eigensolver=flows.DenseEigh(), init=-four.vectors)
     np.testing.assert_allclose(two.values, [3.0, 2.0], rtol=1e-12)
     np.testing.assert_allclose(two.vectors, -four.vectors[:, :2], atol=1e-10)
 
@@ -109,6 +109,6 @@ def test_sharpness_of_quadratic_and_effective_sharpness():
     w = jnp.zeros(3)
     assert flows.sharpness(f, w) == pytest.approx(4.0, rel=1e-12)
     p_inv = jnp.asarray([0.5, 2.0, 1.0])
-    effective = flows.top_eigenpairs(f, w, 1, preconditioner=p_inv).values[0]
+    effective = flows.top_eigenpairs(f, w, 1, p_inv=p_inv).values[0]
     expected = np.max(np.linalg.eigvals(np.diag(np.asarray(p_inv)) @ h).real)
     assert effective == pytest.approx(expected, rel=1e-10)

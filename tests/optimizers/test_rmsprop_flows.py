@@ -17,9 +17,9 @@ import pytest
 from jaxtyping import Array
 
 import flows
+from flows.integrate import run_discrete, run_flow
 from flows.optimizers import GD, RMSProp, ScalarRMSProp
 from flows.optimizers.base import UpdateRule
-from flows.simulate import run_discrete, run_flow
 from flows.vector_fields import GradientFlow, ModifiedFlow, initial_optimizer_state
 from tests.helpers import tanh_mlp_problem
 
@@ -210,13 +210,13 @@ def test_flow_from_zeros_with_bias_correction_starts_half_a_step_back():
     f, w0 = problem.flat_loss, problem.w0
     for k in range(3):
         np.testing.assert_allclose(
-            rule.step_preconditioner(k, nus[k], f, w0, w0),
+            rule.step_p_inv(k, nus[k], f, w0, w0),
             lr / np.sqrt(nus[k] / (1 - beta2 ** (k + 1))),
             rtol=1e-12,
         )
     g0 = np.asarray(jax.grad(f)(w0))
     np.testing.assert_allclose(
-        rule.preconditioner(0.0, initial_optimizer_state(rule, problem), f, w0, w0),
+        rule.p_inv(0.0, initial_optimizer_state(rule, problem), f, w0, w0),
         lr / np.linalg.norm(g0),
         rtol=1e-12,
     )

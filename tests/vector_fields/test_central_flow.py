@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import flows
-from flows.simulate import run_flow
+from flows.integrate import run_flow
 from flows.vector_fields.central_flow import TABLEAUS, CentralFlow, CentralFlowSolver
 from tests.helpers import quadratic_problem, tanh_mlp_problem
 from tests.linalg.test_sdcp import scipy_qp
@@ -59,7 +59,7 @@ def runs(mlp):
     @eqx.filter_jit
     def sweep(lrs):
         def one(lr):
-            return run_flow(CentralFlow(problem=mlp, rule=gd_rule(lr), num_tracked=3), STEPS, 1)
+            return run_flow(CentralFlow(problem=mlp, rule=gd_rule(lr), num_eigenvalues=3), STEPS, 1)
 
         return jax.vmap(one)(lrs)
 
@@ -132,14 +132,14 @@ def valley():
     )
 
 
-@pytest.mark.parametrize("num_tracked", [1, 5])
-def test_toy_valley_stationary_point_is_analytic(num_tracked):
+@pytest.mark.parametrize("num_eigenvalues", [1, 5])
+def test_toy_valley_stationary_point_is_analytic(num_eigenvalues):
     """L(x, y) = −c x + ½(1 + x²) y²: the sharpness 1 + x² grows with x, the central flow
     stops at 1 + x*² = 2/η, y = 0, with σ² = 2⟨−g, ∇S⟩/‖∇S‖² = c/x*. Tracking more
     eigenvalues than there are parameters tracks all of them."""
     c, lr = VALLEY_SLOPE, 0.5
     problem = valley()
-    run = flows.simulate(problem, "central_flow", lr=lr, steps=120, num_tracked=num_tracked)
+    run = flows.simulate(problem, "central_flow", lr=lr, steps=120, num_eigenvalues=num_eigenvalues)
     x_star = np.sqrt(2 / lr - 1)
     np.testing.assert_allclose(run.params[-1], [x_star, 0.0], atol=1e-9)
     np.testing.assert_allclose(run.eigenvalues[-1, 0], 2 / lr, rtol=1e-9)
@@ -147,7 +147,7 @@ def test_toy_valley_stationary_point_is_analytic(num_tracked):
     np.testing.assert_allclose(
         run.extras["predicted_loss"][-1], -c * x_star + 2 * c / x_star, rtol=1e-8
     )
-    assert run.status == "ok" and run.eigenvalues.shape == (121, min(num_tracked, 2))
+    assert run.status == "ok" and run.eigenvalues.shape == (121, min(num_eigenvalues, 2))
 
 
 def dense_edge_reference(f, w, lr, k):
@@ -168,7 +168,7 @@ def test_two_eigenvalues_match_an_independent_sdcp_solve(mlp, edge_run):
     f = mlp.flat_loss
     w = edge_run["params"][-1]  # both eigenvalues on the edge
     field = CentralFlow(
-        problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=2, edge_margin=10.0,
+        problem=mlp, rule=gd_rule(EDGE_LR), num_eigenvalues=2, edge_margin=10.0,
         restoring_rate=0.0, eigensolver=flows.DenseEigh(),
     )
     y = (w, None, field.initial_state()[2])
@@ -186,10 +186,13 @@ def test_default_integrator_matches_a_tight_generic_integration(mlp, edge_run):
     # adaptive Tsit5 at tight tolerances: the fast solver adds (almost) nothing.
     steps = 60  # through the entries of the first and of the second eigenvalue
     field = CentralFlow(
-        problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=3, eigensolver=flows.DenseEigh()
+        problem=mlp, rule=gd_rule(EDGE_LR), num_eigenvalues=3, eigensolver=flows.DenseEigh()
     )
     tight = eqx.filter_jit(
-        lambda fl: run_flow(fl, steps, 1, solver=diffrax.Tsit5(), rtol=1e-9, atol=1e-11)
+        lambda fl: run_flow(
+            fl, steps, 1,
+            integrator=flows.Integrator(solver=diffrax.Tsit5(), rtol=1e-9, atol=1e-11),
+        )
     )(field)
     fast = edge_run["params"][: steps + 1]
     displacement = np.linalg.norm(tight["params"] - tight["params"][0], axis=1)
@@ -201,18 +204,18 @@ def test_default_integrator_matches_a_tight_generic_integration(mlp, edge_run):
 
 
 def test_bad_options_are_rejected(mlp):
-    with pytest.raises(ValueError, match="num_tracked"):
-        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=0)
+    with pytest.raises(ValueError, match="num_eigenvalues"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_eigenvalues=0)
     with pytest.raises(ValueError, match="max_edge"):
-        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_tracked=2, max_edge=3)
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), num_eigenvalues=2, max_edge=3)
     with pytest.raises(ValueError, match="guard"):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), guard=-3)
     with pytest.raises(ValueError, match="refine_iterations"):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), refine_iterations=0)
     with pytest.raises(ValueError, match="edge_margin"):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), edge_margin=-0.1)
-    with pytest.raises(ValueError, match="method"):
-        CentralFlowSolver(method="rk9")
+    with pytest.raises(ValueError, match="tableau"):
+        CentralFlowSolver(tableau="rk9")
     assert set(TABLEAUS) == {"euler", "heun", "rk3", "rk4"}
     with pytest.raises(ValueError, match="restoring"):
         flows.simulate(mlp, "central_flow", lr=0.1, steps=2, restoring=1.0)
@@ -224,7 +227,7 @@ def test_two_eigenvalues_near_the_edge_of_a_quadratic_are_rk4_gradient_flow():
     # flow is gradient flow, which the default RK4 steps exactly as R(−ηH)^k w₀.
     problem, h, w0 = quadratic_problem([19.5, 19.2, 5.0, 1.0], seed=2)
     lr, steps = 0.1, 12
-    run = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_tracked=2)
+    run = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_eigenvalues=2)
     z = -lr * h
     rk4 = np.eye(4) + z + z @ z / 2 + z @ z @ z / 6 + z @ z @ z @ z / 24
     expected = np.stack([np.linalg.matrix_power(rk4, k) @ w0 for k in range(steps + 1)])
@@ -235,7 +238,7 @@ def test_two_eigenvalues_near_the_edge_of_a_quadratic_are_rk4_gradient_flow():
 
 
 def test_evaluate_at_an_integer_step(mlp):
-    field = CentralFlow(problem=mlp, rule=gd_rule(EDGE_LR), num_tracked=2)
+    field = CentralFlow(problem=mlp, rule=gd_rule(EDGE_LR), num_eigenvalues=2)
     at_int = field.evaluate(3, mlp.w0)
     at_float = field.evaluate(jnp.asarray(3.0), mlp.w0)
     np.testing.assert_array_equal(at_int.effective_eigenvalues, at_float.effective_eigenvalues)
@@ -249,8 +252,9 @@ def test_forward_mode_derivative_on_the_valley_is_analytic():
     problem = valley()
 
     def final(lr):
-        field = CentralFlow(problem=problem, rule=gd_rule(lr), num_tracked=1)
-        return run_flow(field, 120, adjoint=diffrax.ForwardMode())["params"][-1]
+        field = CentralFlow(problem=problem, rule=gd_rule(lr), num_eigenvalues=1)
+        integrator = flows.Integrator(adjoint=diffrax.ForwardMode())
+        return run_flow(field, 120, integrator=integrator)["params"][-1]
 
     params, tangent = jax.jit(lambda lr: jax.jvp(final, (lr,), (jnp.ones_like(lr),)))(
         jnp.asarray(lr)
@@ -267,10 +271,10 @@ def test_forward_mode_derivative_through_two_edge_eigenvalues(mlp):
 
     def final(lr):
         field = CentralFlow(
-            problem=mlp, rule=gd_rule(lr), num_tracked=3, eigensolver=flows.DenseEigh()
+            problem=mlp, rule=gd_rule(lr), num_eigenvalues=3, eigensolver=flows.DenseEigh()
         )
-        run = run_flow(field, STEPS, solver=diffrax.Tsit5(), dt0=0.25,
-                       adjoint=diffrax.ForwardMode())
+        run = run_flow(field, STEPS, integrator=flows.Integrator(
+            solver=diffrax.Tsit5(), dt0=0.25, adjoint=diffrax.ForwardMode()))
         return run["params"][-1]
 
     params, tangent = jax.jit(lambda lr: jax.jvp(final, (lr,), (jnp.ones_like(lr),)))(

@@ -21,8 +21,8 @@ import pytest
 import scipy.linalg
 
 import flows
+from flows.integrate import run_discrete, run_flow
 from flows.optimizers import RMSProp, ScalarRMSProp
-from flows.simulate import run_discrete, run_flow
 from flows.vector_fields.central_flow import CentralFlow
 from tests.helpers import tanh_mlp_problem
 
@@ -56,7 +56,7 @@ def test_scalar_rmsprop_stationary_point_is_analytic():
     ⇒ σ² = c/x; dν/dτ = 0 ⇒ ν = ‖g‖² + σ²S²; the edge ηS/√ν = 2 ⇒ S²(η²/4 − c/x) = c²."""
     run = flows.simulate(
         valley_problem(), "central_flow", optimizer="scalar_rmsprop", lr=VALLEY_LR,
-        beta2=VALLEY_BETA2, steps=1000, save_every=100, num_tracked=1,
+        beta2=VALLEY_BETA2, steps=1000, save_every=100, num_eigenvalues=1,
     )
     x = bisect(lambda x: (1 + x * x) ** 2 * (VALLEY_LR**2 / 4 - C / x) - C * C, 1.0, 3.0)
     sharpness, sigma_sq = 1 + x * x, C / x
@@ -80,7 +80,7 @@ def test_rmsprop_stationary_point_is_analytic_with_a_dead_coordinate():
     η S/(√ν_y + ε) = 2; dw_x/dτ = 0 ⇒ σ² = c/x. The dead z keeps ν_z = 0 (finite, no NaN)."""
     run = flows.simulate(
         valley_problem(), "central_flow", optimizer="rmsprop", lr=VALLEY_LR,
-        beta2=VALLEY_BETA2, eps=EPS, steps=600, save_every=100, num_tracked=1,
+        beta2=VALLEY_BETA2, eps=EPS, steps=600, save_every=100, num_eigenvalues=1,
     )
 
     def root_nu_y(x):
@@ -131,7 +131,7 @@ def mlp_runs():
     disc = eqx.filter_jit(run_discrete)(problem, rule, STEPS)
     # One eigenvalue reaches the edge (the second stays below 1.9); a guard vector keeps
     # the tracked one accurate.
-    field = CentralFlow(problem=problem, rule=rule, num_tracked=1, guard=1)
+    field = CentralFlow(problem=problem, rule=rule, num_eigenvalues=1, guard=1)
     central = eqx.filter_jit(run_flow)(field, STEPS)
     stable = flows.simulate(
         problem, "gradient_flow", optimizer="scalar_rmsprop", lr=LR, beta2=BETA2, steps=STEPS
@@ -282,7 +282,7 @@ def test_rates_at_a_point_match_a_dense_reference(scalar):
     lr = 2 / np.linalg.eigvalsh(root[:, None] * h * root[None, :])[-1]
     rule = (ScalarRMSProp if scalar else RMSProp)(lr=jnp.asarray(lr), beta2=BETA2)
     field = CentralFlow(
-        problem=problem, rule=rule, num_tracked=1, edge_margin=10.0, restoring_rate=0.0,
+        problem=problem, rule=rule, num_eigenvalues=1, edge_margin=10.0, restoring_rate=0.0,
         eigensolver=flows.DenseEigh(),
     )
     summary = jax.tree_util.tree_map(

@@ -30,7 +30,8 @@ def test_euler_with_step_one_is_gd():
     problem = tanh_mlp_problem()
     gd = flows.simulate(problem, "gd", lr=0.4, steps=15)
     euler = flows.simulate(
-        problem, "gradient_flow", lr=0.4, steps=15, solver=diffrax.Euler(), dt0=1.0
+        problem, "gradient_flow", lr=0.4, steps=15,
+        integrator=flows.Integrator(solver=diffrax.Euler(), dt0=1.0),
     )
     np.testing.assert_allclose(euler.params, gd.params, rtol=1e-12, atol=1e-14)
 
@@ -49,7 +50,10 @@ def test_modified_flow_error_is_second_order_gradient_flow_first(which):
         steps = int(round(physical_time / lr))
         gd = flows.simulate(problem, "gd", lr=lr, steps=steps)
         for method in errors:
-            flow = flows.simulate(problem, method, lr=lr, steps=steps, rtol=1e-11, atol=1e-13)
+            flow = flows.simulate(
+                problem, method, lr=lr, steps=steps,
+                integrator=flows.Integrator(rtol=1e-11, atol=1e-13),
+            )
             errors[method].append(float(np.linalg.norm(gd.final_params - flow.final_params)))
     gf_ratio = errors["gradient_flow"][0] / errors["gradient_flow"][1]
     mf_ratio = errors["modified_flow"][0] / errors["modified_flow"][1]

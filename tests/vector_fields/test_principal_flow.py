@@ -25,7 +25,7 @@ from tests.helpers import quadratic_problem, tanh_mlp_problem
 run_flow = eqx.filter_jit(flows.run_flow)
 run_discrete = eqx.filter_jit(flows.run_discrete)
 
-TIGHT = {"rtol": 1e-11, "atol": 1e-13}
+TIGHT = {"integrator": flows.Integrator(rtol=1e-11, atol=1e-13)}
 
 # ηλ for η = 1: a saddle direction, monotone and oscillating convergence, divergence.
 QUADRATIC_EIGENVALUES = [-0.4, 0.3, 0.8, 1.4, 1.9, 2.3, 3.0]
@@ -99,7 +99,10 @@ def test_toy_family_is_the_zoo_toys():
 
 
 TOY_OPTIONS = {"divergence_factor": 10.0}
-FLOW_OPTIONS = {"rtol": 1e-8, "atol": 1e-10, "max_steps": 4000, "divergence_factor": 10.0}
+FLOW_OPTIONS = {
+    "integrator": flows.Integrator(rtol=1e-8, atol=1e-10, max_steps=4000),
+    "divergence_factor": 10.0,
+}
 
 
 def distances_to_gd(problem, lr, steps, flow_classes, **flow_options):
@@ -230,7 +233,9 @@ def mlp_runs(trained_mlp):
         "lanczos": PrincipalFlow(problem=problem, rule=rule, path="lanczos", num_matvecs=16),
     }
     for name, field in fields.items():
-        runs[name] = run_flow(field, steps, rtol=1e-8, atol=1e-10, max_steps=4000)
+        runs[name] = run_flow(
+            field, steps, integrator=flows.Integrator(rtol=1e-8, atol=1e-10, max_steps=4000)
+        )
         assert int(runs[name]["status_code"]) == 0
     return runs
 

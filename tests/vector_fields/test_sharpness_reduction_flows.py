@@ -9,9 +9,9 @@ import pytest
 
 import flows
 from flows.eigen_tracking import midpoints
+from flows.integrate import run_discrete, run_flow
 from flows.methods import method_options
 from flows.problems import quadratic_from_matrix, valley
-from flows.simulate import run_discrete, run_flow
 
 
 def normalized_flow_x(x0, tau):

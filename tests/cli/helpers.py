@@ -13,7 +13,7 @@ import numpy as np
 
 from flows.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _toml_value(value) -> str:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from flows.cli import main
 
-from .cli_helpers import (
+from .helpers import (
     assert_one_line_error,
     load_results,
     run_cli,
@@ -413,3 +413,125 @@ def test_learning_rate_list_runs_a_sweep(tmp_path):
     by_lr = summary["methods"]["gd"]["by_lr"]
     assert [e["lr"] for e in by_lr] == lrs and all(e["status"] == "ok" for e in by_lr)
     assert "rms" in out
+
+
+# ------------------------------------------------------- version, help, sweeps, options
+
+
+def test_version_and_help():
+    from flows import __version__
+
+    code, out, err = run_cli("--version")
+    assert code == 0 and out.strip() == f"flows {__version__}" and not err
+    code, out, _ = run_cli("run", "--help")
+    assert code == 0
+    assert "--out DIR" in out and "OUT" not in out  # one name for the output folder
+
+
+def test_sweep_resumes_from_the_one_checkpoint_format(tmp_path, monkeypatch):
+    eigs, lrs = np.array([1.0, 4.0]), [0.1, 0.3, 0.6]  # η λ = 2.4: GD diverges at 0.6
+    config = {
+        "problem": {"name": "quadratic", "eigenvalues": eigs.tolist(), "rotate": False},
+        "run": {"lr": lrs, "steps": 40, "save_every": 2, "checkpoint_every": 10,
+                "num_eigenvalues": 1, "dtype": "float64"},
+        "methods": {"gd": {}, "gradient_flow": {}},
+    }
+    path = write_config(tmp_path / "s.toml", config)
+    code, _, err = run_cli("run", path, "--out", tmp_path / "whole")
+    assert code == 0, err
+    monkeypatch.setenv("_FLOWS_TEST_INTERRUPT_AFTER_CHUNK", "interrupt:2")
+    code, _, err = run_cli("run", path, "--out", tmp_path / "resumed")
+    assert code == 130 and "interrupted; 20 of 40 steps are saved" in err
+    with np.load(tmp_path / "resumed" / "checkpoint.npz") as checkpoint:
+        # The runner's checkpoint (the carries of every rate), not a list of methods done.
+        assert int(checkpoint["steps_done"]) == 20 and "sweep_done" not in checkpoint.files
+        assert checkpoint["gd/status_code"].shape == (3,)
+    code, out, _ = run_cli("show", tmp_path / "resumed", "--no-plots")
+    assert code == 0 and "running or interrupted (20 steps)" in out
+    assert "gradient_flow" in out and "0.6" in out
+    monkeypatch.delenv("_FLOWS_TEST_INTERRUPT_AFTER_CHUNK")
+    code, _, err = run_cli("run", path, "--out", tmp_path / "resumed")
+    assert code == 0, err
+    whole, resumed = load_results(tmp_path / "whole"), load_results(tmp_path / "resumed")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        if not key.endswith("/wall_time"):
+            np.testing.assert_array_equal(whole[key], resumed[key], err_msg=key)
+    assert resumed["gd/params"].shape == (3, 21, 2) and resumed["gd/status_code"].shape == (3,)
+    k = np.arange(0, 41, 2)
+    np.testing.assert_allclose(resumed["gd/params"][0], (1 - 0.1 * eigs) ** k[:, None],
+                               rtol=1e-12)
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["complete"] and summary["resumed_at"] == 20
+    by_lr = summary["methods"]["gd"]["by_lr"]
+    assert [e["lr"] for e in by_lr] == lrs
+    assert [e["status"] for e in by_lr][:2] == ["ok", "ok"]
+    assert by_lr[2]["status"].startswith("diverged at step")
+    assert any(m.startswith("gd at η = 0.6 diverged") for m in summary["messages"])
+    assert summary["methods"]["gradient_flow"]["by_lr"][0]["reference"] == "gd"
+    (tmp_path / "resumed" / "sweep.png").unlink()
+    code, out, _ = run_cli("show", tmp_path / "resumed")
+    assert code == 0 and "complete" in out and "diverged" in out
+    assert (tmp_path / "resumed" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flow_refuses_an_optimizer_it_does_not_model(tmp_path):
+    config = copy.deepcopy(QUADRATIC)
+    config["methods"] = {"x": {"method": "normalized_gd_flow", "optimizer": "rmsprop"}}
+    code, _, err = run_cli("run", write_config(tmp_path / "x.toml", config), "--out",
+                           tmp_path / "run")
+    assert code == 2
+    assert_one_line_error(err)
+    assert "[methods.x] optimizer: normalized_gd_flow does not model the optimizer " \
+           "'rmsprop'" in err and "normalized_gd" in err.split("'rmsprop'")[1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_renamed_key_is_accepted_with_a_note(tmp_path):
+    config = copy.deepcopy(QUADRATIC)
+    config["run"].update(steps=4, checkpoint_every=4, num_eigenvalues=0)
+    config["methods"] = {"gd": {}, "cf": {"method": "central_flow", "num_tracked": 1}}
+    code, _, err = run_cli("run", write_config(tmp_path / "c.toml", config), "--out",
+                           tmp_path / "run")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("flows: note:")]
+    assert len(notes) == 1
+    assert "[methods.cf]" in notes[0]
+    assert "'num_tracked' is now called 'num_eigenvalues'" in notes[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["methods"]["cf"]["num_eigenvalues"] == 1
+    assert "num_tracked" not in summary["config"]["methods"]["cf"]
+
+
+def test_compilation_cache_location(monkeypatch, tmp_path):
+    from flows.cli import compilation_cache_dir
+
+    monkeypatch.setenv("FLOWS_CACHE_DIR", str(tmp_path / "here"))
+    assert compilation_cache_dir() == tmp_path / "here"
+    monkeypatch.setenv("FLOWS_CACHE_DIR", "")
+    assert compilation_cache_dir() is None  # disabled
+    monkeypatch.delenv("FLOWS_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache_dir() == tmp_path / "xdg" / "flows" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compilation_cache_dir() == tmp_path / "home" / ".cache" / "flows" / "jax"
+
+
+def test_second_run_reads_the_compilation_cache(tmp_path):
+    small = copy.deepcopy(QUADRATIC)
+    small["methods"] = {"gd": {}}
+    config = write_config(tmp_path / "a.toml", small)
+    cache = tmp_path / "cache"
+    first = run_subprocess("run", config, "--out", tmp_path / "one", "--no-progress",
+                           env={"FLOWS_CACHE_DIR": str(cache)})
+    assert first.returncode == 0, first.stderr
+    entries = {p.name for p in cache.rglob("*") if p.is_file()}
+    assert entries  # the compiled functions are on disk
+    second = run_subprocess("run", config, "--out", tmp_path / "two", "--no-progress",
+                            env={"FLOWS_CACHE_DIR": str(cache)})
+    assert second.returncode == 0, second.stderr
+    assert {p.name for p in cache.rglob("*") if p.is_file()} >= entries
+    a, b = load_results(tmp_path / "one"), load_results(tmp_path / "two")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -6,16 +6,11 @@ import pickle
 import numpy as np
 import pytest
 
-from flows.config import (
-    ConfigError,
-    _allowed_kinds,
-    build_problem,
-    build_specs,
-    load_config,
-    parse_config,
-)
+from flows.cli.config import build_problem, check_methods, load_config, parse_config
+from flows.cli.schema import allowed_kinds
+from flows.options import ConfigError, Integrator, Method, RunSpec, Tracking
 
-from .cli_helpers import ROOT, write_config
+from .helpers import ROOT, write_config
 
 BASE = {
     "problem": {"name": "mlp", "widths": [4], "activation": "tanh"},
@@ -46,17 +41,67 @@ def with_change(path, value):
 def test_defaults_and_labels():
     config = parse_config(BASE)
     run = config.run
+    assert isinstance(run, RunSpec)
     assert (run.lr, run.steps, run.save_every) == (0.1, 20, 2)
-    assert run.dtype == "float32" and run.seed == 0 and run.num_eigenvalues == 1
+    assert config.dtype == "float32" and config.seed == 0 and run.tracking.num_eigenvalues == 1
     assert run.checkpoint_every is None and not run.is_sweep
-    assert run.reference == "gd"  # there is a method labelled gd
-    methods = {m.label: m for m in config.methods}
-    assert methods["rms"].method == "rmsprop" and methods["rms"].options == {"beta2": 0.9}
+    assert config.reference == "gd"  # there is a method labelled gd
+    methods = run.methods
+    assert all(isinstance(m, Method) for m in methods.values())
+    assert methods["rms"].name == "rmsprop" and methods["rms"].options == {"beta2": 0.9}
     assert methods["rms_flow"].optimizer == "rmsprop"
-    assert methods["gradient_flow"].rtol == 1e-6
-    assert methods["gd"].reference is None  # not measured against itself
-    assert methods["rms"].reference == "gd"
+    assert methods["gradient_flow"].integrator.rtol == 1e-6
+    assert "gd" not in run.references  # not measured against itself
+    assert run.references["rms"] == "gd"
     assert parse_config(with_change(("run", "lr"), [0.1, 0.2])).run.lr == (0.1, 0.2)
+
+
+def test_method_tables_become_options():
+    raw = copy.deepcopy(BASE)
+    raw["run"].update(eigensolver="dense", num_eigenvalues=2)
+    raw["methods"]["gradient_flow"].update(solver="dopri5", max_steps=100, num_eigenvalues=3)
+    config = parse_config(raw)
+    flow = config.run.methods["gradient_flow"]
+    assert flow.integrator == Integrator(solver="dopri5", rtol=1e-6, max_steps=100)
+    # A count the method does not take is its own tracking, with the run's eigensolver.
+    assert flow.tracking == Tracking(num_eigenvalues=3, eigensolver="dense")
+    assert config.run.tracking == Tracking(num_eigenvalues=2, eigensolver="dense")
+    assert config.run.tracking_of("gd") == config.run.tracking
+    table = config.as_dict()["methods"]["gradient_flow"]
+    assert table == {"method": "gradient_flow", "solver": "dopri5", "rtol": 1e-6,
+                     "max_steps": 100, "num_eigenvalues": 3, "reference": "gd"}
+    assert config.as_dict()["run"]["eigensolver"] == "dense"
+
+
+def test_central_flow_num_eigenvalues_is_its_option_and_num_tracked_is_renamed():
+    raw = copy.deepcopy(BASE)
+    raw["methods"] = {"gd": {}, "cf": {"method": "central_flow", "num_eigenvalues": 2},
+                      "old": {"method": "central_flow", "num_tracked": 3}}
+    config = parse_config(raw)
+    cf, old = config.run.methods["cf"], config.run.methods["old"]
+    assert cf.options == {"num_eigenvalues": 2} and cf.tracking is None
+    assert old.options == {"num_eigenvalues": 3} and old.tracking is None
+    assert config.as_dict()["methods"]["old"]["num_eigenvalues"] == 3
+    (note,) = config.notes
+    assert "[methods.old]" in note and "num_tracked" in note and "num_eigenvalues" in note
+    assert "\n" not in note
+    raw["methods"]["old"]["num_eigenvalues"] = 3
+    with pytest.raises(ConfigError, match=r"\[methods.old\] num_tracked and num_eigenvalues"):
+        parse_config(raw)
+    raw["methods"] = {"gd": {"num_tracked": 1}}  # never an option of GD: not renamed
+    with pytest.raises(ConfigError, match=r"\[methods.gd\] num_tracked: unknown key"):
+        parse_config(raw)
+
+
+def test_a_flow_refuses_an_optimizer_it_does_not_model():
+    raw = with_change(("methods", "x"), {"method": "normalized_gd_flow", "optimizer": "rmsprop"})
+    with pytest.raises(ConfigError, match=r"^\[methods.x\] optimizer: normalized_gd_flow does "
+                       r"not model the optimizer 'rmsprop'\W.*normalized_gd") as info:
+        parse_config(raw)
+    assert "\n" not in str(info.value)
+    # By default a flow models the optimizer it is named after.
+    raw["methods"]["x"] = {"method": "normalized_gd_flow"}
+    assert parse_config(raw).run.methods["x"].model == "normalized_gd"
 
 
 def test_fingerprint_tracks_what_matters():
@@ -134,12 +179,12 @@ def test_data_table_for_a_problem_without_data():
 
 
 def test_allowed_kinds_read_the_annotation():
-    assert _allowed_kinds("Sequence[int] | None", None) == {"list"}
-    assert _allowed_kinds("int | None", None) == {"int"}
-    assert _allowed_kinds("float", 0.0) == {"int", "float"}
-    assert _allowed_kinds("Callable[[Array], Scalar] | None", None) == set()
-    assert _allowed_kinds("", True) == {"bool"}
-    assert _allowed_kinds("", inspect_empty()) is None
+    assert allowed_kinds("Sequence[int] | None", None) == {"list"}
+    assert allowed_kinds("int | None", None) == {"int"}
+    assert allowed_kinds("float", 0.0) == {"int", "float"}
+    assert allowed_kinds("Callable[[Array], Scalar] | None", None) == set()
+    assert allowed_kinds("", True) == {"bool"}
+    assert allowed_kinds("", inspect_empty()) is None
 
 
 def inspect_empty():
@@ -167,7 +212,8 @@ def test_load_config_file_errors(tmp_path):
 
 def test_quickstart_config_is_valid():
     config = load_config(ROOT / "configs" / "quickstart.toml")
-    assert [m.method for m in config.methods][:3] == ["gd", "gradient_flow", "modified_flow"]
+    methods = [m.name for m in config.run.methods.values()]
+    assert methods[:3] == ["gd", "gradient_flow", "modified_flow"]
     assert config.problem["name"] == "mlp" and config.data["name"] == "digits"
 
 
@@ -176,9 +222,10 @@ def test_build_problem_and_methods():
     problem = build_problem(config)
     # [run] seed seeds the data set and the initialization when they take a seed.
     assert problem.num_params == 3 * 4 + 4 + 4 * 1 + 1
-    specs = build_specs(config, problem)
-    assert [s.label for s in specs] == ["gd", "gradient_flow", "rms", "rms_flow"]
-    assert specs[3].options == {"beta2": 0.9} and specs[3].optimizer == "rmsprop"
+    check_methods(config, problem)
+    specs = config.run.methods
+    assert list(specs) == ["gd", "gradient_flow", "rms", "rms_flow"]
+    assert specs["rms_flow"].options == {"beta2": 0.9} and specs["rms_flow"].optimizer == "rmsprop"
     other = build_problem(parse_config(with_change(("run", "seed"), 1)))
     assert not np.allclose(problem.w0, other.w0)
 
@@ -186,12 +233,12 @@ def test_build_problem_and_methods():
 def test_eigenvalue_counts_are_checked_against_the_problem():
     config = parse_config(with_change(("run", "num_eigenvalues"), 22))
     with pytest.raises(ConfigError, match=r"\[run\] num_eigenvalues: 22 is more than .* 21 "):
-        build_specs(config, build_problem(config))
+        check_methods(config, build_problem(config))
     raw = with_change(("run", "eigensolver"), "lobpcg")
     raw["run"]["num_eigenvalues"] = 5
     config = parse_config(raw)
     with pytest.raises(ConfigError, match=r"LOBPCG needs 5 × 5 < 21"):
-        build_specs(config, build_problem(config))
+        check_methods(config, build_problem(config))
     with pytest.raises(ConfigError, match=r"\[run\] steps: .* more than"):
         parse_config(with_change(("run", "steps"), 10**10))
 

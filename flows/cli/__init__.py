@@ -1,0 +1,200 @@
+"""The ``flows`` command line.
+
+    flows run CONFIG.toml [--out DIR] [--overwrite] [--no-progress]
+    flows show DIR [--no-plots]
+    flows --version
+
+``run`` runs every method of the configuration (see ``configs/README.md``) on its
+problem with `flows.runs.run` (single runs and learning-rate sweeps alike), in chunks
+with a checkpoint after each, streaming the results to ``DIR/chunks/``; interrupted
+(Ctrl-C, a killed process), the same command resumes from the last checkpoint. At the
+end it writes ``results.npz``, ``summary.json`` and the plots. ``show`` prints the
+summary of a run, finished or still going, and refreshes its plots.
+
+Bad input (an unknown key, method or name, a value of the wrong type or range, a
+missing or corrupt data file, an output folder holding another configuration's run)
+is reported in one line, with exit status 2, before anything is written.
+
+The package: `parsing` (arguments), `schema` (value kinds against signatures),
+`config` (TOML → `Config`, the problem), `report` (results files, summaries, plots,
+``show``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..options import ConfigError
+from ..results import CorruptRunError, RunDirectory
+from . import report
+from .config import Config, build_problem, check_methods, load_config
+from .parsing import UsageError, parse_args
+
+__all__ = ["main", "run", "show", "compilation_cache_dir"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+#: The environment variable naming JAX's persistent compilation cache ("" disables it).
+CACHE_ENV = "FLOWS_CACHE_DIR"
+
+
+def _error(message: str) -> None:
+    print(f"flows: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flows`` command; returns the exit status."""
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        _error(str(err))
+        return EXIT_BAD_INPUT
+    except SystemExit as done:  # --help, --version: printed already
+        return done.code if isinstance(done.code, int) else EXIT_OK
+    try:
+        if args.command == "run":
+            return run(args.config, args.out, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+        return show(args.dir, plots=not args.no_plots)
+    except (ConfigError, CorruptRunError) as err:  # bad input: a checkpoint of another
+        _error(str(err))  # config, a damaged run folder
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the run started: nothing to resume
+        print("\nflows: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# ------------------------------------------------------------------------ run
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where `flows run` keeps JAX's persistent compilation cache: ``$FLOWS_CACHE_DIR``
+    (empty: no cache), else ``$XDG_CACHE_HOME/flows/jax``, else ``~/.cache/flows/jax``."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value).expanduser() if value.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flows" / "jax"
+
+
+def _use_compilation_cache() -> None:
+    """Compiled functions are kept on disk: a second run of a config starts fast."""
+    import jax
+
+    path = compilation_cache_dir()
+    if path is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # everything
+    _cacheable_runtime_checks()
+
+
+def _cacheable_runtime_checks() -> None:
+    """Let the flows' compiled functions be stored in the persistent cache too.
+
+    Equinox compiles the runtime checks inside diffrax (that the saved times increase and
+    lie in [t0, t1], which chunked runs trace from the chunk's start) into host callbacks,
+    and JAX never stores a function with a host callback on disk, so every flow would be
+    compiled again on every run. In this process the checks return NaN instead of raising,
+    which equinox offers as ``EQX_ON_ERROR=nan``; that variable is read when equinox is
+    imported, before this command runs, hence the module setting. A NaN is what the runner
+    already watches for: it stops the method there and reports the step.
+    """
+    import equinox._errors as errors  # no public switch after import
+
+    if getattr(errors, "EQX_ON_ERROR", None) == "raise":
+        errors.EQX_ON_ERROR = "nan"
+
+
+@contextlib.contextmanager
+def _precision(dtype: str):
+    """Apply the dtype (JAX's x64 flag) before any array is made; restore it after."""
+    import jax
+
+    previous = bool(jax.config.read("jax_enable_x64"))
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _clear_run(run_dir: RunDirectory) -> None:
+    for path in (run_dir.checkpoint_path, run_dir.results_path, run_dir.summary_path):
+        path.unlink(missing_ok=True)
+    for name in report.PLOTS:
+        (run_dir.path / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir.path / "chunks", ignore_errors=True)
+
+
+def _preflight(config: Config, run_dir: RunDirectory, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, or holds a run of another configuration."""
+    path = run_dir.path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: exists and is not a folder")
+    if not run_dir.has_run():
+        return
+    try:
+        found = run_dir.fingerprint()
+    except ValueError as err:
+        if not overwrite:
+            raise ConfigError(f"{err} (use --overwrite to start the run afresh)") from None
+        found = None
+    if found != config.fingerprint():
+        if not overwrite:
+            raise ConfigError(
+                f"{path} holds a run of another configuration; choose another --out "
+                "or pass --overwrite to replace it"
+            )
+        _clear_run(run_dir)
+
+
+def run(config_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+        overwrite: bool = False, progress: bool = True) -> int:
+    """``flows run``: the exit status."""
+    from ..runs import run as run_spec
+
+    config = load_config(config_path)
+    for note in config.notes:
+        print(f"flows: note: {note}", file=sys.stderr)
+    out = Path(out) if out else Path("runs") / Path(config_path).stem
+    run_dir = RunDirectory(out)
+    _use_compilation_cache()
+    with _precision(config.dtype):
+        problem = build_problem(config)
+        check_methods(config, problem)
+        _preflight(config, run_dir, overwrite)
+        try:
+            report.start_summary(config, problem, run_dir)
+        except OSError as err:
+            raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+        print(report.header(config, problem, out), file=sys.stderr)
+        started = time.perf_counter()
+        try:
+            output = run_spec(
+                problem, config.run, directory=run_dir.path, fingerprint=config.fingerprint(),
+                progress=progress, on_chunk=None,
+            )
+        except KeyboardInterrupt:
+            print(report.interrupted(config, run_dir), file=sys.stderr)
+            return EXIT_INTERRUPTED
+        summary = report.write_results(config, problem, output, run_dir)
+    total = time.perf_counter() - started
+    print(report.format_summary(summary), file=sys.stdout)
+    print(f"done in {total:.1f} s; results in {out}/", file=sys.stderr)
+    return EXIT_OK
+
+
+def show(directory: str | os.PathLike, *, plots: bool = True) -> int:
+    """``flows show``: the exit status."""
+    report.show(RunDirectory(directory), plots=plots)
+    return EXIT_OK

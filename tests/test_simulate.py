@@ -1,0 +1,75 @@
+"""`simulate`: compiled functions reused across learning rates, timing that covers the
+whole call, keywords folded into option values."""
+
+import time
+
+import numpy as np
+import pytest
+
+import flows
+
+from .helpers import count_compilations, quadratic_problem
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    return quadratic_problem([0.5, 2.0, 8.0], seed=7)
+
+
+@pytest.mark.parametrize("method", ["gd", "gradient_flow"])
+def test_another_learning_rate_reuses_the_compiled_function(quadratic, method):
+    problem, h, w0 = quadratic
+    values, vectors = np.linalg.eigh(h)
+    flows.simulate(problem, method, lr=0.1, steps=20, save_every=5, tracking=1)
+    run, count = count_compilations(
+        lambda: flows.simulate(problem, method, lr=0.15, steps=20, save_every=5, tracking=1)
+    )
+    assert count == 0 and run.compile_time == 0.0
+    # ... and the new learning rate is the one used: the closed forms at η = 0.15.
+    k = np.arange(0, 21, 5)[:, None]
+    decay = (1 - 0.15 * values) ** k if method == "gd" else np.exp(-0.15 * values * k)
+    np.testing.assert_allclose(run.params, (decay * (vectors.T @ w0)) @ vectors.T,
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(run.sharpness, 8.0, rtol=1e-10)
+
+
+def test_compile_and_run_seconds_make_up_the_whole_call(quadratic):
+    problem = quadratic[0]
+    start = time.perf_counter()
+    run = flows.simulate(problem, "gd", lr=0.123, steps=40, save_every=2,
+                         tracking=flows.Tracking(2, every=4))
+    total = time.perf_counter() - start
+    accounted = run.compile_time + run.wall_time
+    assert run.compile_time > 0  # a new tracking interval: compiled here, tracking included
+    assert accounted <= total and total - accounted < 0.2 * total + 0.05
+
+
+def test_a_method_value_is_its_keyword_form(quadratic):
+    problem = quadratic[0]
+    by_value = flows.simulate(problem, flows.Method("rmsprop", options={"beta2": 0.9}),
+                              lr=0.05, steps=10)
+    by_keywords = flows.simulate(problem, "rmsprop", lr=0.05, steps=10, beta2=0.9)
+    np.testing.assert_array_equal(by_value.params, by_keywords.params)
+    with pytest.raises(ValueError, match="inside the flows.Method"):
+        flows.simulate(problem, flows.Method("rmsprop"), lr=0.05, steps=10, beta2=0.9)
+
+
+@pytest.mark.parametrize(("keyword", "where"), [
+    ("rtol", "Integrator"), ("dt0", "Integrator"), ("num_eigenvalues", "tracking"),
+    ("midpoint", "Tracking"),
+])
+def test_a_run_keyword_given_as_a_method_option_says_where_it_goes(quadratic, keyword, where):
+    with pytest.raises(ValueError, match=where):
+        flows.simulate(quadratic[0], "gradient_flow", lr=0.1, steps=4, **{keyword: 1})
+
+
+def test_bad_run_lengths_are_refused_by_name(quadratic):
+    problem = quadratic[0]
+    for kwargs, name in [({"steps": 0}, "steps"), ({"steps": 10, "save_every": 3}, "divide"),
+                         ({"steps": 2.5}, "steps")]:
+        with pytest.raises(ValueError, match=name):
+            flows.simulate(problem, "gd", lr=0.1, **{"steps": 10, **kwargs})
+    with pytest.raises(ValueError, match="lr"):
+        flows.simulate(problem, "gd", lr=-1.0, steps=10)
+    with pytest.raises(ValueError, match="num_eigenvalues"):
+        flows.simulate(problem, "gd", lr=0.1, steps=10, tracking=4)
