@@ -4,8 +4,8 @@ For each method (GD, gradient flow, central flow when registered) on the central
 reference problem (an 8-16-16-1 swish MLP on 128 points, `flows.problems.reference_mlp`;
 ``--problem tiny_mlp`` for a 3-6-1 tanh MLP), 16 learning rates are run
 
-- as a loop of 16 `flows.simulate` calls (each compiles its own function),
-- as a loop of 16 one-member sweeps (one compiled function, reused 16 times),
+- as a loop of 16 `flows.simulate` calls (the first compiles, the others reuse it),
+- as a loop of 16 one-member sweeps (likewise one compiled function, reused 16 times),
 - as one `flows.sweep` call,
 
 and the wall times (compilation included, and run time alone) are compared.

@@ -291,8 +291,6 @@ def run_flow(
     }
 
 
-
-
 def run_method(
     problem: Problem,
     built: UpdateRule | VectorField,
