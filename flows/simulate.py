@@ -25,7 +25,7 @@ from .runs import simulate_checkpointed
 from .timing import timed
 from .trajectory import Trajectory
 
-__all__ = ["simulate", "check_run_length"]
+__all__ = ["simulate", "run_tracked", "check_run_length"]
 
 
 def check_run_length(steps: Any, save_every: Any) -> tuple[int, int]:
@@ -37,8 +37,7 @@ def check_run_length(steps: Any, save_every: Any) -> tuple[int, int]:
     return steps, save_every
 
 
-@eqx.filter_jit
-def _simulate(
+def run_tracked(
     problem: Problem,
     built,
     steps: int,
@@ -48,6 +47,9 @@ def _simulate(
     divergence_factor: float,
     progress: bool,
 ) -> dict[str, Any]:
+    """`flows.integrate.run_method`, then the eigenvalue tracking ``tracking`` asks for:
+    the arrays of a `Trajectory`, not the carry to continue from (pure; `simulate` jits
+    it, `flows.sweep` vmaps it)."""
     output = run_method(
         problem, built, steps, save_every, integrator=integrator,
         divergence_factor=divergence_factor, progress=progress,
@@ -55,6 +57,9 @@ def _simulate(
     eigenvalues, extras = track_output(problem, built, output, tracking, save_every)
     kept = {k: output[k] for k in ("steps", "params", "loss", "status_code", "stopped_at")}
     return {**kept, "eigenvalues": eigenvalues, "extras": extras}
+
+
+_run_tracked = eqx.filter_jit(run_tracked)
 
 
 def simulate(
@@ -124,7 +129,7 @@ def simulate(
     built = method.build(problem, lr)
     with progress_bar(steps, method.name, enabled=progress and not method.is_flow):
         output, compile_time, wall_time = timed(
-            _simulate, problem, built, steps, save_every, method.integrator, tracking,
+            _run_tracked, problem, built, steps, save_every, method.integrator, tracking,
             divergence_factor, progress,
         )
     return Trajectory(

@@ -1,7 +1,7 @@
 """`sweep`: many learning rates (and initialization seeds) as one compiled, vmapped run.
 
 Every member of a sweep is the run `simulate` would make for it (the same pure cores
-`run_discrete` / `run_flow`, built by `make_method` from the member's learning rate):
+`run_discrete` / `run_flow`, built by `Method.build` from the member's learning rate):
 the cores are vmapped over the learning rate (an array field of the update rule,
 DESIGN "Time convention": in step time every flow is saved at the same integer steps
 for every η), jit-compiled once, and the sweep axis is sharded across all devices
@@ -40,12 +40,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PyTree
 
-from .eigen_tracking import track_output
-from .integrate import flow_solver, is_adaptive, run_method
+from .integrate import flow_solver, is_adaptive
 from .options import Integrator, Method, Tracking, as_tracking, check_lr, check_positive_int
 from .problem import Problem
 from .progress import progress_bar
-from .simulate import check_run_length
+from .simulate import check_run_length, run_tracked
 from .timing import compile_clock
 from .trajectory import Trajectory
 
@@ -77,15 +76,10 @@ class _Setup(eqx.Module):
 
 def _run_member(setup: _Setup, problem: Problem, lr: Array) -> dict[str, Array]:
     """One member: exactly what `simulate` computes for ``(problem, lr)``."""
-    built = setup.method.build(problem, lr)
-    output = run_method(
-        problem, built, setup.steps, setup.save_every, integrator=setup.method.integrator,
-        divergence_factor=setup.divergence_factor, progress=setup.progress,
+    return run_tracked(
+        problem, setup.method.build(problem, lr), setup.steps, setup.save_every,
+        setup.method.integrator, setup.tracking, setup.divergence_factor, setup.progress,
     )
-    eigenvalues, extras = track_output(problem, built, output, setup.tracking, setup.save_every)
-    # Only what a Trajectory holds: the rest (e.g. a carry to continue from) is not batched.
-    kept = {k: output[k] for k in ("steps", "params", "loss", "status_code", "stopped_at")}
-    return {**kept, "extras": extras, "eigenvalues": eigenvalues}
 
 
 @eqx.filter_jit
