@@ -181,7 +181,7 @@ class Tracking(eqx.Module):
                 f"eigensolver must be a flows.EigenSolver or a name, got {self.eigensolver!r}"
             )
         if self.every is not None:
-            check_positive_int("eigen_every", self.every)
+            check_positive_int("Tracking.every (eigen_every)", self.every)
         for name in ("midpoint", "effective"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -195,7 +195,10 @@ class Tracking(eqx.Module):
         """The tracking interval in saved rows, checked against ``save_every``."""
         every = save_every if self.every is None else self.every
         if every % save_every:
-            raise ValueError(f"eigen_every={every} must be a multiple of save_every={save_every}")
+            raise ValueError(
+                f"Tracking.every={every} (eigen_every) must be a multiple of "
+                f"save_every={save_every}"
+            )
         if self.midpoint and save_every % 2 == 0:
             raise ValueError(
                 "midpoint tracking averages neighbouring saved rows, which cancels the "
