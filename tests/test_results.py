@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from flows.results import (
+    CorruptRunError,
     RunDirectory,
     atomic_write,
+    check_npz,
     concatenate_chunks,
     load_json,
     load_npz,
@@ -99,3 +101,58 @@ def test_split_and_concatenate():
     assert joined["a/x"].shape == (3, 3) and joined["b/y"].shape == (2,)
     named = split_keys({"gd/loss": 1, "gd/extra/name": 2, "lr": 3})
     assert named == {"gd": {"loss": 1, "extra/name": 2}, "lr": {"": 3}}
+
+
+def test_chunked_arrays_join_pad_and_stream(tmp_path):
+    """Chunks read back lazily: joined along the steps, a series that stopped padded with
+    NaN (ints become floats), ``steps`` filled in, a sweep's rates first; written to an
+    ``.npz`` piece by piece, equal to the joined arrays."""
+    run = RunDirectory(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    first = {"gd/steps": np.arange(0, 3), "gd/count": np.arange(3, dtype=np.int32),
+             "gd/params": rng.standard_normal((3, 2, 4)), "gf/loss": rng.standard_normal(3)}
+    second = {"gf/loss": rng.standard_normal(2)}  # gd stopped after the first chunk
+    run.write_chunk(0, first)
+    run.write_chunk(1, second)
+    arrays = run.chunked_arrays([3, 2], sweep=False, save_every=1)
+    assert set(arrays) == set(first)
+    assert not isinstance(arrays["gd/params"], np.ndarray)  # nothing read yet
+    np.testing.assert_array_equal(arrays["gd/steps"], np.arange(5))
+    np.testing.assert_array_equal(arrays["gf/loss"], np.concatenate([first["gf/loss"],
+                                                                     second["gf/loss"]]))
+    count = np.asarray(arrays["gd/count"])
+    assert count.dtype == np.float64 and np.all(np.isnan(count[3:]))
+    np.testing.assert_array_equal(count[:3], [0, 1, 2])
+    params = np.asarray(arrays["gd/params"])
+    assert params.shape == (5, 2, 4) and np.all(np.isnan(params[3:]))
+    # A sweep: pieces are (rows, L, …), the array (L, T, …), and a[i] is rate i.
+    sweep = {"gd/params": run.chunked_arrays([3, 2], sweep=True, save_every=1)["gd/params"]}
+    assert sweep["gd/params"].shape == (2, 5, 4)
+    np.testing.assert_array_equal(sweep["gd/params"][1][:3], first["gd/params"][:, 1])
+    np.testing.assert_array_equal(sweep["gd/params"], np.swapaxes(params, 0, 1))
+    save_npz(tmp_path / "joined.npz", {**arrays, **{f"sweep/{k}": v for k, v in sweep.items()},
+                                       "lr": np.asarray(0.1)})
+    back = load_npz(tmp_path / "joined.npz")
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back[key], np.asarray(value), err_msg=key)
+        assert back[key].dtype == value.dtype
+    np.testing.assert_array_equal(back["sweep/gd/params"], np.swapaxes(params, 0, 1))
+
+
+def test_inspect_finds_a_damaged_run_from_the_zip_directories(tmp_path):
+    run = RunDirectory(tmp_path)
+    for i in range(3):
+        run.write_chunk(i, {"gd/loss": np.arange(100.0)})
+    run.write_checkpoint({"chunks_done": np.asarray(2), "steps_done": np.asarray(20)})
+    state = run.inspect()
+    assert (state.chunks_done, state.steps_done, state.finished) == (2, 20, False)
+    assert check_npz(run.chunk_path(0)) == {"gd/loss": ((100,), np.dtype(np.float64))}
+    run.chunk_path(2).write_bytes(b"beyond the checkpoint: not looked at")
+    run.inspect()
+    path = run.chunk_path(1)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(CorruptRunError, match="00001.npz: unreadable"):
+        run.inspect()
+    path.unlink()
+    with pytest.raises(CorruptRunError, match="00001.npz: missing"):
+        run.inspect()

@@ -12,8 +12,11 @@ end it writes ``results.npz``, ``summary.json`` and the plots. ``show`` prints t
 summary of a run, finished or still going, and refreshes its plots.
 
 Bad input (an unknown key, method or name, a value of the wrong type or range, a
-missing or corrupt data file, an output folder holding another configuration's run)
-is reported in one line, with exit status 2, before anything is written.
+missing or corrupt data file, an output folder holding another configuration's run, a
+damaged run folder, a folder another run is using, saved rows that would not fit in
+memory or on disk) is reported in one line, with exit status 2, before anything is
+written; so is a disk that fills up during the run, which keeps every completed chunk
+and the last checkpoint to resume from.
 
 The package: `parsing` (arguments), `schema` (value kinds against signatures),
 `config` (TOML → `Config`, the problem), `report` (results files, summaries, plots,
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..options import ConfigError
-from ..results import CorruptRunError, RunDirectory
+from ..results import CorruptRunError, RunDirectory, RunInUseError, RunState, is_disk_full
 from . import report
 from .config import Config, build_problem, check_methods, load_config
 from .parsing import UsageError, parse_args
@@ -64,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args.config, args.out, overwrite=args.overwrite,
                        progress=not args.no_progress)
         return show(args.dir, plots=not args.no_plots)
-    except (ConfigError, CorruptRunError) as err:  # bad input: a checkpoint of another
-        _error(str(err))  # config, a damaged run folder
+    except (ConfigError, CorruptRunError, RunInUseError) as err:  # bad input: a checkpoint
+        _error(str(err))  # of another config, a damaged or busy run folder, a full disk
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the run started: nothing to resume
         print("\nflows: interrupted", file=sys.stderr)
@@ -134,35 +137,61 @@ def _clear_run(run_dir: RunDirectory) -> None:
     for name in report.PLOTS:
         (run_dir.path / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir.path / "chunks", ignore_errors=True)
+    run_dir.remove_temporary_files()
 
 
-def _preflight(config: Config, run_dir: RunDirectory, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, or holds a run of another configuration."""
+def _preflight(config: Config, run_dir: RunDirectory, overwrite: bool) -> RunState:
+    """Check the output folder before anything is computed: a damaged run (an unreadable
+    checkpoint or summary, a missing or unreadable chunk) or a run of another
+    configuration is refused, or cleared with ``overwrite``. What the folder holds."""
     path = run_dir.path
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {path}: exists and is not a folder")
-    if not run_dir.has_run():
-        return
     try:
-        found = run_dir.fingerprint()
-    except ValueError as err:
+        state = run_dir.inspect()
+    except CorruptRunError as err:
         if not overwrite:
-            raise ConfigError(f"{err} (use --overwrite to start the run afresh)") from None
-        found = None
-    if found != config.fingerprint():
+            raise ConfigError(
+                f"{err}; the run folder {path} is damaged and cannot be resumed: pass "
+                "--overwrite to start the run afresh there (what it saved is lost), or "
+                "choose another --out"
+            ) from None
+        _clear_run(run_dir)
+        return run_dir.inspect()
+    if state.has_run and state.fingerprint != config.fingerprint():
         if not overwrite:
             raise ConfigError(
                 f"{path} holds a run of another configuration; choose another --out "
                 "or pass --overwrite to replace it"
             )
         _clear_run(run_dir)
+        return run_dir.inspect()
+    return state
+
+
+def _disk_full(config: Config, run_dir: RunDirectory, error: OSError) -> str:
+    """The line for a write that found the disk full: which file, what is kept, what to do."""
+    steps_done = 0
+    with contextlib.suppress(OSError, ValueError):
+        checkpoint = run_dir.read_checkpoint()
+        if checkpoint is not None and "steps_done" in checkpoint:
+            steps_done = int(checkpoint["steps_done"])
+    return (
+        f"{error.filename or run_dir.path}: no space left on the device; the completed "
+        f"chunks and the last checkpoint ({steps_done} of {config.run.steps} steps) are "
+        f"kept in {run_dir.path}/ — free some space and run the same command again to resume"
+    )
 
 
 def run(config_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
         overwrite: bool = False, progress: bool = True) -> int:
-    """``flows run``: the exit status."""
-    from ..runs import run as run_spec
+    """``flows run``: the exit status.
 
+    The order matters: the config, the problem and the methods are checked; the folder
+    is locked against other runs, checked (integrity, configuration) and the saved rows
+    are sized against memory and disk, all before anything is written or compiled; then
+    the manifest (``summary.json``, not complete, with the fingerprint) is written, so a
+    run killed while it compiles resumes as this configuration's; then the runner, and
+    the results, streamed from the chunks, which are removed once ``results.npz`` is
+    complete."""
     config = load_config(config_path)
     for note in config.notes:
         print(f"flows: note: {note}", file=sys.stderr)
@@ -172,22 +201,62 @@ def run(config_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
     with _precision(config.dtype):
         problem = build_problem(config)
         check_methods(config, problem)
-        _preflight(config, run_dir, overwrite)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a folder")
+        created = not out.exists()
         try:
-            report.start_summary(config, problem, run_dir)
-        except OSError as err:
-            raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
-        print(report.header(config, problem, out), file=sys.stderr)
-        started = time.perf_counter()
-        try:
-            output = run_spec(
-                problem, config.run, directory=run_dir.path, fingerprint=config.fingerprint(),
-                progress=progress, on_chunk=None,
-            )
-        except KeyboardInterrupt:
-            print(report.interrupted(config, run_dir), file=sys.stderr)
-            return EXIT_INTERRUPTED
+            with run_dir.lock():
+                return _run_locked(config, problem, run_dir, overwrite, progress)
+        except (ConfigError, CorruptRunError):
+            if created:  # refused before it wrote anything: leave no folder behind
+                run_dir.remove_if_unused()
+            raise
+
+
+def _run_locked(config: Config, problem, run_dir: RunDirectory, overwrite: bool,
+                progress: bool) -> int:
+    from ..runs import ResourceError, check_resources
+    from ..runs import run as run_spec
+
+    out, steps = run_dir.path, config.run.steps
+    state = _preflight(config, run_dir, overwrite)
+    if state.finished:
+        run_dir.clear_chunks()  # left by a run stopped right after it finished
+        print(f"flows: the run in {out}/ is complete; nothing to recompute", file=sys.stderr)
+        print(report.format_summary(state.summary), file=sys.stdout)
+        return EXIT_OK
+    try:
+        check_resources(problem, config.run, out, results_file=True)
+    except ResourceError as err:
+        raise ConfigError(f"[run] {err}") from None
+    try:
+        report.start_summary(config, problem, run_dir)
+    except OSError as err:
+        if is_disk_full(err):
+            raise ConfigError(_disk_full(config, run_dir, err)) from None
+        raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    print(report.header(config, problem, out), file=sys.stderr)
+    if state.steps_done >= steps:
+        print(f"flows: all {steps} steps were computed already; writing the results",
+              file=sys.stderr)
+    elif state.steps_done:
+        print(f"flows: resuming at step {state.steps_done} of {steps} from the checkpoint "
+              f"in {out}/", file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        output = run_spec(
+            problem, config.run, directory=out, fingerprint=config.fingerprint(),
+            progress=progress, on_chunk=None,
+        )
         summary = report.write_results(config, problem, output, run_dir)
+        run_dir.clear_chunks()  # results.npz and summary.json are complete: they hold it all
+    except KeyboardInterrupt:
+        print(report.interrupted(config, run_dir), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise ConfigError(_disk_full(config, run_dir, err)) from None
     total = time.perf_counter() - started
     print(report.format_summary(summary), file=sys.stdout)
     print(f"done in {total:.1f} s; results in {out}/", file=sys.stderr)

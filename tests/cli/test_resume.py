@@ -7,6 +7,9 @@ import signal
 import jax
 import numpy as np
 
+import flows.runs
+from flows.cli.config import build_problem, load_config
+
 from .helpers import load_results, run_cli, run_subprocess, write_config
 
 HOOK = "_FLOWS_TEST_INTERRUPT_AFTER_CHUNK"
@@ -74,3 +77,58 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     other = write_config(tmp_path / "other.toml", config)
     code, _, err = run_cli("run", other, "--out", tmp_path / "resumed")
     assert code == 2 and "another configuration" in err and "\n" not in err.strip()
+
+
+QUADRATIC = {
+    "problem": {"name": "quadratic", "eigenvalues": [0.5, 3.0, 9.0], "seed": 1},
+    "run": {"lr": 0.1, "steps": 30, "save_every": 3, "checkpoint_every": 6,
+            "num_eigenvalues": 1, "dtype": "float64"},
+    "methods": {"gd": {}, "rms": {"method": "rmsprop", "beta2": 0.9}},
+}
+
+
+def test_a_run_killed_while_it_compiles_is_this_configurations_and_resumes(tmp_path):
+    path = write_config(tmp_path / "run.toml", QUADRATIC)
+    # SIGKILL before the first chunk, where the run compiles.
+    killed = run_subprocess("run", path, "--out", tmp_path / "run", env={HOOK: "kill:0"})
+    assert killed.returncode == -signal.SIGKILL
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["complete"] is False and summary["fingerprint"]  # the manifest
+    # The folder is this configuration's: another one is refused, the same one runs.
+    other = write_config(tmp_path / "other.toml", {**QUADRATIC, "run": {
+        **QUADRATIC["run"], "lr": 0.2}})
+    code, _, err = run_cli("run", other, "--out", tmp_path / "run")
+    assert code == 2 and "another configuration" in err
+    code, _, err = run_cli("run", path, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "resuming" not in err  # nothing had been computed
+    code, _, err = run_cli("run", path, "--out", tmp_path / "whole")
+    assert code == 0, err
+    _assert_same_results(load_results(tmp_path / "whole"), load_results(tmp_path / "run"))
+
+
+def test_a_resumed_run_says_where_and_a_finished_one_recomputes_nothing(tmp_path,
+                                                                        monkeypatch):
+    path = write_config(tmp_path / "run.toml", QUADRATIC)
+    monkeypatch.setenv(HOOK, "interrupt:2")
+    assert run_cli("run", path, "--out", tmp_path / "run")[0] == 130
+    monkeypatch.delenv(HOOK)
+    code, _, err = run_cli("run", path, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert f"flows: resuming at step 12 of 30 from the checkpoint in {tmp_path / 'run'}/" in err
+    results = tmp_path / "run" / "results.npz"
+    before = (results.stat().st_mtime_ns, load_results(tmp_path / "run"))
+    code, out, err = run_cli("run", path, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert err.strip() == f"flows: the run in {tmp_path / 'run'}/ is complete; nothing to recompute"
+    assert "gd" in out and "complete" in out  # its summary
+    assert results.stat().st_mtime_ns == before[0]  # not rewritten
+    _assert_same_results(before[1], load_results(tmp_path / "run"))
+    code, out, _ = run_cli("show", tmp_path / "run", "--no-plots")  # reads results.npz
+    assert code == 0 and "complete" in out
+    # The chunks are gone; the runner reads a finished folder's arrays from results.npz.
+    config = load_config(path)
+    output = flows.runs.run(build_problem(config), config.run, directory=tmp_path / "run",
+                            fingerprint=config.fingerprint())
+    assert output.resumed_at == 30
+    np.testing.assert_array_equal(output.arrays["rms"]["params"], before[1]["rms/params"])
