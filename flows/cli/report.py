@@ -184,7 +184,7 @@ def _results_arrays(config: Config, problem, output) -> dict[str, Any]:
     for label, named in output.arrays.items():
         for name, value in named.items():
             if spec.save_params or not is_parameter_series(name, value, problem.num_params):
-                arrays[f"{label}/{name}"] = np.asarray(value)
+                arrays[f"{label}/{name}"] = value  # streamed into the file, one at a time
         arrays[f"{label}/status_code"] = np.asarray(output.status_code[label])
         arrays[f"{label}/stopped_at"] = np.asarray(output.stopped_at[label])
         if spec.is_sweep:
