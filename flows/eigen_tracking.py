@@ -229,25 +229,30 @@ def track_trajectory(
 def _saved_states(problem: Problem, rule: UpdateRule, extras) -> Array | None:
     """The optimizer state at every saved row, from the diagnostics the run saved.
 
-    Works for stateless rules (no state) and for rules whose `state_diagnostics` is
-    the state itself under one name (RMSProp: ``{"nu": ν}``).
+    Works for stateless rules (no state) and for rules whose `state_diagnostics` holds
+    every array of the state under a name of its own (RMSProp: ``{"nu": ν}``; Adam's
+    ``(μ, ν)``: ``{"mu": μ, "nu": ν}``).
     """
     template = rule.init(problem.flat_loss, problem.w0)
     if template is None:
         return None
     named = rule.state_diagnostics(template)
-    names = [name for name, value in named.items() if value is template]
-    if len(named) != 1 or not names:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    names = [[name for name, value in named.items() if value is leaf] for leaf in leaves]
+    if any(len(found) != 1 for found in names):
         raise ValueError(
             f"cannot rebuild the state of {type(rule).__name__} from the saved diagnostics "
             f"{sorted(named)}; pass the P⁻¹ series to `track` directly (p_inv=...)"
         )
-    if extras is None or names[0] not in extras:
+    missing = [found[0] for found in names if extras is None or found[0] not in extras]
+    if missing:
         raise ValueError(
-            f"the run did not save the optimizer state {names[0]!r} needed for P⁻¹ of "
+            f"the run did not save the optimizer state {missing[0]!r} needed for P⁻¹ of "
             f"{type(rule).__name__}"
         )
-    return jnp.asarray(extras[names[0]])
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(extras[found[0]]) for found in names]
+    )
 
 
 def p_inv_series(

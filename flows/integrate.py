@@ -67,7 +67,8 @@ def run_discrete(
     progress: bool = False,
     start: tuple | None = None,
 ) -> dict[str, Array]:
-    """Run ``w_{k+1} = w_k − P⁻¹_k g_k`` for ``steps`` steps with ``lax.scan``.
+    """Run ``w_{k+1} = w_k + Δw_k`` (`UpdateRule.step`: ``−P⁻¹_k g_k`` for a
+    preconditioned rule) for ``steps`` steps with ``lax.scan``.
 
     Saves ``w_k`` and ``L(w_k)`` at ``k = 0, save_every, …, steps``, and in ``extras``
     the rule's `state_diagnostics` of the state s_k that step k uses (e.g. RMSProp's
@@ -91,9 +92,9 @@ def run_discrete(
         loss, g = loss_and_gradient(f, w)
         bad = ~(jnp.abs(loss) <= threshold) | ~jnp.all(jnp.isfinite(w))
         stopped_at = jnp.where((stopped_at < 0) & bad, step, stopped_at)
-        p_inv, new_state = rule.update(step, state, f, w, g)
+        delta, new_state = rule.step(step, state, f, w, g)
         running = stopped_at < 0
-        w = jnp.where(running, w - p_inv * g, w)
+        w = jnp.where(running, w + delta, w)
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new_state, state)
         return (step + 1, w, state, stopped_at), (loss, rule.state_diagnostics(new_state))
 
@@ -114,7 +115,7 @@ def run_discrete(
     step_last, w_last, state_last, stopped_at = carry
     loss_last = f(w_last)
     # The state the next step would use (unused, hence compiled away, for stateless rules).
-    state_next = rule.update(step_last, state_last, f, w_last, loss_and_gradient(f, w_last)[1])[1]
+    state_next = rule.step(step_last, state_last, f, w_last, loss_and_gradient(f, w_last)[1])[1]
     extras_last = rule.state_diagnostics(state_next)
     stopped_at = jnp.where(
         (stopped_at < 0) & ~(jnp.abs(loss_last) <= threshold), first_step + steps, stopped_at

@@ -13,7 +13,18 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from .optimizers import DAL, GD, NormalizedGD, RMSProp, ScalarRMSProp, SqrtGD
+from .optimizers import (
+    DAL,
+    GD,
+    Adam,
+    AdamW,
+    Momentum,
+    Nesterov,
+    NormalizedGD,
+    RMSProp,
+    ScalarRMSProp,
+    SqrtGD,
+)
 from .optimizers.base import UpdateRule
 from .problem import Problem
 from .vector_fields import GradientFlow, ModifiedFlow
@@ -42,6 +53,10 @@ OPTIMIZERS: dict[str, type[UpdateRule]] = {
     "rmsprop": RMSProp,
     "scalar_rmsprop": ScalarRMSProp,
     "dal": DAL,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adam": Adam,
+    "adamw": AdamW,
 }
 
 #: What each optimizer is, in words (for messages).
@@ -52,6 +67,10 @@ DESCRIPTIONS = {
     "rmsprop": "RMSProp",
     "scalar_rmsprop": "scalar RMSProp",
     "dal": "DAL",
+    "momentum": "heavy-ball momentum",
+    "nesterov": "Nesterov momentum",
+    "adam": "Adam",
+    "adamw": "AdamW",
 }
 
 #: Flows by name: vector-field classes built as ``cls(problem=..., rule=..., **options)``.

@@ -29,7 +29,7 @@ def test_tracking_values_are_checked():
 
 def test_methods_refuse_what_they_cannot_use():
     with pytest.raises(ValueError, match="unknown method"):
-        flows.Method("adamw")
+        flows.Method("lion")
     with pytest.raises(ValueError, match="bogus"):
         flows.Method("gd", options={"bogus": 1})
     with pytest.raises(ValueError, match="flows only"):

@@ -15,13 +15,28 @@ optax, plus the continuous-time counterpart in step time τ:
 gradient that drives second-moment states: ``g ⊙ g`` on a stable flow, and
 ``g ⊙ g`` plus the oscillation's contribution on a central flow. So the central
 flow of an optimizer is the generic central-flow machinery plus its rule.
+
+Momentum rules (heavy ball, Nesterov, Adam) are not of this form: their step is a
+function of a momentum state that stands in for the gradient. The engine therefore
+asks every rule for the step itself and its continuous counterpart,
+
+    w_{k+1} = w_k + Δw_k,  (Δw_k, s_k) = rule.step(...);
+    dw/dτ, ds/dτ = rule.velocity(...),
+
+whose defaults, ``Δw = −P⁻¹ g`` and ``dw/dτ = −P⁻¹ g``, come from ``update`` and
+``derivative``: a preconditioned rule defines only those two, a momentum rule
+overrides ``step`` and ``velocity`` as well and says so with ``preconditioned =
+False`` (flows whose mathematics needs ``−P⁻¹ g``, the modified and central flows,
+refuse it). Its ``update``/``derivative`` still return the preconditioner ``P⁻¹``
+(η for heavy ball, ``η/(√ν̂ + ε)`` for Adam), which is what effective-sharpness
+tracking (`p_inv`, `step_p_inv`) reads.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -44,6 +59,10 @@ class UpdateRule(eqx.Module):
     """
 
     lr: Float[Array, ""]
+
+    #: Whether the step is ``−P⁻¹ g`` (`update`/`derivative` say all); False for the
+    #: momentum rules, whose `step`/`velocity` are their own.
+    preconditioned: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init(self, f: Loss, w: Float[Array, " n"]) -> State:
@@ -69,6 +88,32 @@ class UpdateRule(eqx.Module):
 
         ``grad_sq`` defaults to ``g ⊙ g``.
         """
+
+    def step(
+        self, step: Int[Array, ""], state: State, f: Loss, w: Float[Array, " n"], g: Array
+    ) -> tuple[Float[Array, " n"], State]:
+        """Discrete step k: ``(Δw_k, s_k)`` with ``w_{k+1} = w_k + Δw_k``.
+
+        By default ``Δw_k = −P_k⁻¹ g_k`` from `update`; momentum rules override it.
+        """
+        p_inv, new_state = self.update(step, state, f, w, g)
+        return -p_inv * g, new_state
+
+    def velocity(
+        self,
+        t: Scalar,
+        state: State,
+        f: Loss,
+        w: Float[Array, " n"],
+        g: Array,
+        grad_sq: Array | None = None,
+    ) -> tuple[Float[Array, " n"], State]:
+        """Continuous time τ: ``(dw/dτ, ds/dτ)`` of the rule's stable flow.
+
+        By default ``dw/dτ = −P⁻¹(s) g`` from `derivative`; momentum rules override it.
+        """
+        p_inv, dstate = self.derivative(t, state, f, w, g, grad_sq)
+        return -p_inv * g, dstate
 
     def check_continuous(self) -> None:
         """Raise ValueError if these hyperparameters have no continuous-time counterpart

@@ -47,7 +47,20 @@ from jaxtyping import Array, Float
 from ..linalg.hvp import gradient
 from .base import UpdateRule
 
-__all__ = ["RMSProp", "ScalarRMSProp"]
+__all__ = ["RMSProp", "ScalarRMSProp", "inverse_root"]
+
+
+def inverse_root(lr, nu, eps):
+    """``lr / (√ν + ε)``, guarded where ν = 0 (RMSProp and Adam share it)."""
+    # A coordinate whose gradient is identically zero (a dead input pixel) keeps ν = 0;
+    # √ν's derivative is infinite there, and the central flow differentiates P⁻¹ along
+    # ds/dτ = 0 in it: inf · 0 would poison the flow with NaN. The double `where`
+    # gives such a coordinate a zero derivative. Its step is 0 whatever P⁻¹ is (g = 0),
+    # so with ε = 0 it gets P⁻¹ = η rather than η/0 (whose 0 · ∞ step is NaN).
+    positive = nu > 0
+    root = jnp.where(positive, jnp.sqrt(jnp.where(positive, nu, 1.0)), 0.0)
+    denominator = root + eps
+    return lr / jnp.where(denominator > 0, denominator, 1.0)
 
 
 class RMSProp(UpdateRule):
@@ -87,15 +100,7 @@ class RMSProp(UpdateRule):
     def _p_inv(self, nu, count):
         if self.bias_correction:
             nu = nu / (1 - self.beta2**count)
-        # A coordinate whose gradient is identically zero (a dead input pixel) keeps ν = 0;
-        # √ν's derivative is infinite there, and the central flow differentiates P⁻¹ along
-        # ds/dτ = 0 in it: inf · 0 would poison the flow with NaN. The double `where`
-        # gives such a coordinate a zero derivative. Its step is 0 whatever P⁻¹ is (g = 0),
-        # so with ε = 0 it gets P⁻¹ = η rather than η/0 (whose 0 · ∞ step is NaN).
-        positive = nu > 0
-        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, nu, 1.0)), 0.0)
-        denominator = root + self.eps
-        return self.lr / jnp.where(denominator > 0, denominator, 1.0)
+        return inverse_root(self.lr, nu, self.eps)
 
     def update(self, step, state, f, w, g):
         nu = self.beta2 * state + (1 - self.beta2) * self._second_moment(g * g)

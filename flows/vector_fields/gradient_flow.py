@@ -13,10 +13,12 @@ __all__ = ["GradientFlow"]
 class GradientFlow(VectorField):
     """The stable flow of an update rule, in step time τ:
 
-        dw/dτ = −P⁻¹(s) g(w),    ds/dτ = (the rule's state derivative at E[g⊙g] = g⊙g).
+        dw/dτ = −P⁻¹(s) g(w),    ds/dτ = (the rule's state derivative at E[g⊙g] = g⊙g),
 
-    For GD (P⁻¹ = η) this is gradient flow ``dw/dτ = −η ∇L(w)``, which tracks GD
-    to O(η) (per unit step time) below the edge of stability.
+    or, for a momentum rule, its own ``dw/dτ`` (`UpdateRule.velocity`: heavy ball's
+    ``−η m``, Adam's ``−η m̂/(√ν̂ + ε)``) with the momentum in the state. For GD
+    (P⁻¹ = η) this is gradient flow ``dw/dτ = −η ∇L(w)``, which tracks GD to O(η)
+    (per unit step time) below the edge of stability.
     """
 
     problem: Problem
@@ -26,8 +28,7 @@ class GradientFlow(VectorField):
         w, state = y
         f = self.problem.flat_loss
         g = gradient(f)(w)
-        p_inv, dstate = self.rule.derivative(t, state, f, w, g)
-        return -p_inv * g, dstate
+        return self.rule.velocity(t, state, f, w, g)
 
     def diagnostics(self, t, y):
         """The optimizer state along the flow (e.g. RMSProp's ``{"nu": ν(τ)}``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..linalg.hvp import gradient, hvp
 from ..optimizers.base import UpdateRule
 from ..problem import Problem
@@ -17,10 +19,25 @@ class ModifiedFlow(VectorField):
 
     For a preconditioned rule with ``p = P⁻¹`` it is ``−(p g + ½ p H (p g))``, the
     same backward-error correction. It tracks GD to O(η²) below the edge of stability.
+
+    Preconditioned rules only: the correction is derived for ``w_{k+1} = w_k − P⁻¹ g_k``,
+    not for a step made of a momentum state (heavy ball, Nesterov, Adam), whose
+    backward error has other terms.
     """
 
     problem: Problem
     rule: UpdateRule
+
+    models: ClassVar[tuple[str, ...] | None] = (
+        "gd", "normalized_gd", "sqrt_gd", "rmsprop", "scalar_rmsprop", "dal"
+    )
+
+    def __check_init__(self):
+        if not self.rule.preconditioned:
+            raise ValueError(
+                f"modified_flow models preconditioned rules w ← w − P⁻¹g only, not "
+                f"{type(self.rule).__name__} (a momentum rule); use gradient_flow"
+            )
 
     def __call__(self, t, y, args):
         w, state = y
