@@ -27,6 +27,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import numpy as np
 
 from .linalg.eigen import LOBPCG, DenseEigh, EigenSolver, Lanczos
 from .methods import FLOWS, check_method, default_optimizer, make_method, method_options
@@ -41,6 +42,7 @@ __all__ = [
     "EIGENSOLVERS",
     "check_positive_int",
     "check_lr",
+    "check_lr_in",
 ]
 
 #: diffrax solvers by name (``solver = "tsit5"`` in a config).
@@ -86,6 +88,20 @@ def check_lr(lr: Any, name: str = "lr") -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {lr!r}")
     return value
+
+
+def check_lr_in(lr: float, dtype, name: str = "lr") -> float:
+    """``lr`` if the run's floating-point ``dtype`` holds it: not flushed to 0 (below the
+    smallest normal number) and not overflowed to infinity."""
+    info = np.finfo(np.dtype(dtype))
+    smallest, largest = float(info.tiny), float(info.max)  # Python floats: no overflow
+    if not smallest <= lr <= largest:
+        raise ValueError(
+            f"{name}={lr!r} is not representable in {np.dtype(dtype).name} (it would be "
+            f"{'0' if lr < smallest else 'infinite'}); use a value in [{smallest:.3g}, "
+            f"{largest:.3g}] or float64"
+        )
+    return lr
 
 
 def _check_optional_positive(name: str, value: Any) -> None:

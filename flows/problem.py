@@ -45,6 +45,50 @@ def ravel(params: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
     return flat, unravel
 
 
+def _leaf_name(path) -> str:
+    key = jax.tree_util.keystr(path)
+    return f"leaf {key} has" if key else "it has"
+
+
+def _check_params0(params0: PyTree) -> None:
+    """Every leaf of the initial parameters is a real floating-point array (or scalar)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params0)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = jnp.asarray(leaf).dtype
+            except TypeError:
+                raise ValueError(
+                    f"params0 must be a pytree of arrays: {_leaf_name(path)} type "
+                    f"{type(leaf).__name__}"
+                ) from None
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params0 must be real floating point: {_leaf_name(path)} dtype {dtype}"
+            )
+
+
+def _check_loss(loss: Callable[[PyTree], Scalar], params0: PyTree) -> None:
+    """``loss(params0)`` is a real floating-point scalar, checked without computing it."""
+    if not callable(loss):
+        raise ValueError(f"loss must be a function of the parameters, got {type(loss).__name__}")
+    try:
+        out = jax.eval_shape(loss, params0)
+    except Exception as err:  # the loss's own error, one line, the original chained
+        text = " ".join(str(err).split()) or type(err).__name__
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise ValueError(f"loss(params0) fails: {type(err).__name__}: {text}") from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise ValueError(f"loss must return a scalar array, got a {type(out).__name__}")
+    if out.shape != ():
+        raise ValueError(f"loss must return a scalar, got shape {out.shape}")
+    if jnp.issubdtype(out.dtype, jnp.complexfloating):
+        raise ValueError(f"loss must be real at real parameters, got {out.dtype}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"loss must return a floating-point scalar, got {out.dtype}")
+
+
 class Problem(eqx.Module):
     """A loss function of a parameter pytree, with initial parameters.
 
@@ -61,6 +105,10 @@ class Problem(eqx.Module):
     `flat_loss`. Losses that close over large data sets are best given as
     `jax.tree_util.Partial(fn, data...)`, so the data are pytree leaves (traced
     arguments) rather than constants baked into every compiled function.
+
+    A `Problem` is checked when it is made (abstractly, with `jax.eval_shape`: nothing
+    is computed): ``params0`` must be real floating point and ``loss(params0)`` a real
+    floating-point scalar; anything else is a `ValueError` that says what is wrong.
     """
 
     loss: Callable[[PyTree], Scalar]
@@ -68,6 +116,12 @@ class Problem(eqx.Module):
     loss_min: float = 0.0
     predict: Callable[[PyTree], Any] | None = None
     name: str = eqx.field(static=True, default="problem")
+
+    def __check_init__(self):
+        # Runs when a Problem is made through __init__ only (not when JAX or equinox
+        # rebuild one from its leaves inside traced code), and computes nothing.
+        _check_params0(self.params0)
+        _check_loss(self.loss, self.params0)
 
     @property
     def w0(self) -> Float[Array, " n"]:

@@ -18,7 +18,15 @@ import jax.numpy as jnp
 
 from .eigen_tracking import track_output
 from .integrate import run_method
-from .options import Integrator, Method, Tracking, as_tracking, check_lr, check_positive_int
+from .options import (
+    Integrator,
+    Method,
+    Tracking,
+    as_tracking,
+    check_lr,
+    check_lr_in,
+    check_positive_int,
+)
 from .problem import Problem
 from .progress import progress_bar
 from .runs import simulate_checkpointed
@@ -113,7 +121,7 @@ def simulate(
         A `Trajectory` sampled at steps ``0, save_every, …, steps``, whose
         ``compile_time + wall_time`` is the whole call.
     """
-    lr = check_lr(lr)
+    lr = check_lr_in(check_lr(lr), jnp.real(problem.w0).dtype)
     steps, save_every = check_run_length(steps, save_every)
     method = Method.of(method, optimizer=optimizer, integrator=integrator, **options)
     tracking = as_tracking(tracking).check(problem.num_params)

@@ -41,7 +41,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PyTree
 
 from .integrate import flow_solver, is_adaptive
-from .options import Integrator, Method, Tracking, as_tracking, check_lr, check_positive_int
+from .options import (
+    Integrator,
+    Method,
+    Tracking,
+    as_tracking,
+    check_lr,
+    check_lr_in,
+    check_positive_int,
+)
 from .problem import Problem
 from .progress import progress_bar
 from .simulate import check_run_length, run_tracked
@@ -338,6 +346,9 @@ def sweep(
     # Validate the method and its options at the boundary, with the first member's problem.
     first_varying = jax.tree_util.tree_map(lambda x: x[0], varying)
     first_problem = eqx.combine(first_varying, shared)
+    dtype = jnp.real(first_problem.w0).dtype
+    for value in lr_values:
+        check_lr_in(float(value), dtype, "lrs")
     first = method.build(first_problem, lr_values[0])
     tracking = as_tracking(tracking).check(first_problem.num_params)
     tracking.rows(save_every)
@@ -362,7 +373,6 @@ def sweep(
         [by_lr, np.full(num_chunks * chunk_size - num_members, by_lr[-1], dtype=by_lr.dtype)]
     )
 
-    dtype = jnp.real(first_problem.w0).dtype
     member_lrs = lr_values[lr_index[padded]]
     member_seeds = seed_index[padded]
     setup = _Setup(

@@ -73,3 +73,16 @@ def test_bad_run_lengths_are_refused_by_name(quadratic):
         flows.simulate(problem, "gd", lr=-1.0, steps=10)
     with pytest.raises(ValueError, match="num_eigenvalues"):
         flows.simulate(problem, "gd", lr=0.1, steps=10, tracking=4)
+
+
+def test_a_learning_rate_the_dtype_cannot_hold_is_refused(quadratic):
+    import jax.numpy as jnp
+
+    single = quadratic[0].astype(jnp.float32)
+    for lr in (1e-300, 1e39):
+        with pytest.raises(ValueError, match="not representable in float32"):
+            flows.simulate(single, "gd", lr=lr, steps=2)
+        with pytest.raises(ValueError, match="not representable in float32"):
+            flows.sweep(single, "gd", lrs=[0.1, lr], steps=2)
+    flows.simulate(quadratic[0], "gd", lr=1e-300, steps=2)  # float64 holds it
+

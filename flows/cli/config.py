@@ -26,10 +26,12 @@ method's `Integrator`; a ``num_eigenvalues`` that is not an option of the method
 `Tracking`), and ``[run] num_eigenvalues`` and ``eigensolver`` the run's `Tracking`.
 
 Validation happens in two stages, both before anything is computed or written:
-`parse_config` checks the file's structure, names, types and ranges without computing
-anything; `build_problem` and `check_methods` then build the problem and each method
-once and turn whatever the builders reject into a `ConfigError` too. Every error is one
-line that names the table, the key and the value.
+`parse_config` checks the file's structure, names, types and ranges (a number the run's
+dtype cannot hold, 0 or inf once cast, included) without computing anything;
+`build_problem` and `check_methods` then build the problem and each method once (the
+central flow's eigenvector counts against the number of parameters) and turn whatever
+the builders reject into a `ConfigError` too. Every error is one line that names the
+table, the key and the value.
 """
 
 from __future__ import annotations
@@ -65,10 +67,12 @@ from .schema import (
     choice,
     fail,
     fmt,
+    in_dtype,
     is_number,
     one_line,
     positive_int,
     positive_number,
+    representable,
     table,
     where,
 )
@@ -247,6 +251,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     builder = PROBLEMS[name]
     takes_data = "data" in inspect.signature(builder).parameters
     check_kwargs("problem", builder, problem, skip=("data",))
+    _check_seed("problem", problem)
 
     data = None
     if takes_data:
@@ -259,13 +264,24 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
             raise fail(where("data", "name"), f"missing; choose one of {', '.join(DATASETS)}")
         choice(where("data", "name"), data_name, DATASETS)
         check_kwargs("data", DATASETS[data_name], data)
+        _check_seed("data", data)
         data = {"name": data_name, **data}
     elif "data" in raw:
         raise ConfigError(f"[data]: problem {name!r} takes no data set; remove the table")
 
     run = _parse_run(dict(raw["run"]))
+    dtype = run["dtype"]
+    for table_name, kwargs in (("problem", problem), ("data", data or {})):
+        for key, value in kwargs.items():  # a number that overflows the run's dtype
+            representable(where(table_name, key), value, dtype, underflow=False)
     notes: list[str] = []
-    tables = _parse_methods(raw["methods"], notes)
+    tables = _parse_methods(raw["methods"], notes, dtype)
+    for t in tables:
+        dt0 = t.integrator.dt0
+        if dt0 is not None and run["steps"] / dt0 > MAX_STEPS:
+            raise fail(where(f"methods.{t.label}", "dt0"),
+                       f"{fmt(dt0)} takes {run['steps'] / dt0:.3g} integrator steps for "
+                       f"steps = {run['steps']}, more than the {MAX_STEPS:.0e} allowed")
 
     labels = [t.label for t in tables]
     reference = run["reference"]
@@ -301,6 +317,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     )
 
 
+def _check_seed(table_name: str, kwargs: Mapping[str, Any]) -> None:
+    if "seed" in kwargs:
+        positive_int(where(table_name, "seed"), kwargs["seed"], minimum=0)
+
+
 def _parse_run(values: dict[str, Any]) -> dict[str, Any]:
     """The ``[run]`` table, checked, with defaults filled in."""
     for key in values:
@@ -314,13 +335,20 @@ def _parse_run(values: dict[str, Any]) -> dict[str, Any]:
     def at(key: str) -> str:
         return where("run", key)
 
+    dtype = choice(at("dtype"), values["dtype"], ("float32", "float64"))
+
+    def positive(key: str, value: Any) -> float:  # and not 0 or inf in the run's dtype
+        value = positive_number(at(key), value)
+        representable(at(key), value, dtype)
+        return value
+
     lr = values["lr"]
     if isinstance(lr, list):
         if not lr:
             raise fail(at("lr"), "expected a positive number or a non-empty list of them, got []")
-        lr = tuple(positive_number(at("lr"), v) for v in lr)
+        lr = tuple(positive("lr", v) for v in lr)
     else:
-        lr = positive_number(at("lr"), lr)
+        lr = positive("lr", lr)
     steps = positive_int(at("steps"), values["steps"])
     if steps > MAX_STEPS:
         raise fail(at("steps"), f"{steps} is more than the {MAX_STEPS:.0e} allowed")
@@ -348,11 +376,9 @@ def _parse_run(values: dict[str, Any]) -> dict[str, Any]:
             at("num_eigenvalues"), values["num_eigenvalues"], minimum=0
         ),
         "eigensolver": choice(at("eigensolver"), values["eigensolver"], EIGENSOLVERS),
-        "dtype": choice(at("dtype"), values["dtype"], ("float32", "float64")),
+        "dtype": dtype,
         "seed": positive_int(at("seed"), values["seed"], minimum=0),
-        "divergence_factor": positive_number(
-            at("divergence_factor"), values["divergence_factor"]
-        ),
+        "divergence_factor": positive("divergence_factor", values["divergence_factor"]),
         "save_params": save_params,
         "reference": reference,
     }
@@ -433,7 +459,9 @@ def _rename(place: str, body: dict[str, Any], accepted: set[str], notes: list[st
             notes.append(f"{warning.message} (the old name still works, for now)")
 
 
-def _parse_methods(tables: Mapping[str, Any], notes: list[str]) -> list[_MethodTable]:
+def _parse_methods(
+    tables: Mapping[str, Any], notes: list[str], dtype: str = "float32"
+) -> list[_MethodTable]:
     if not tables:
         raise ConfigError("[methods]: no methods; add e.g. [methods.gd]")
     known = ", ".join(sorted(OPTIMIZERS) + sorted(FLOWS))
@@ -474,9 +502,13 @@ def _parse_methods(tables: Mapping[str, Any], notes: list[str]) -> list[_MethodT
         for key in ("rtol", "atol", "dt0"):
             if key in integrator:
                 integrator[key] = positive_number(where(name, key), integrator[key])
+                representable(where(name, key), integrator[key], dtype)
         if "max_steps" in integrator:
-            integrator["max_steps"] = positive_int(where(name, "max_steps"),
-                                                   integrator["max_steps"])
+            max_steps = positive_int(where(name, "max_steps"), integrator["max_steps"])
+            if max_steps > MAX_STEPS:
+                raise fail(where(name, "max_steps"),
+                           f"{max_steps} is more than the {MAX_STEPS:.0e} allowed")
+            integrator["max_steps"] = max_steps
 
         _rename(f"[{name}]", body, accepted, notes)
         num_eigenvalues = None
@@ -511,10 +543,14 @@ def _parse_methods(tables: Mapping[str, Any], notes: list[str]) -> list[_MethodT
             if kinds is None:
                 kinds = {"int", "float", "bool", "list"}  # None by default: no strings
             check_kind(where(name, key), value, kinds)
+            representable(where(name, key), value, dtype)
             if key in _OPTION_RANGES and is_number(value):
                 ok, text = _OPTION_RANGES[key]
                 if not ok(value):
                     raise fail(where(name, key), f"expected {text}, got {fmt(value)}")
+                if not ok(in_dtype(value, dtype)):  # e.g. beta2 = 1 − 1e-9 is 1 in float32
+                    raise fail(where(name, key), f"expected {text}, got {fmt(value)}, which "
+                               f"is {in_dtype(value, dtype):g} in {dtype}")
             options[key] = value
         out.append(_MethodTable(
             label=label, name=method, optimizer=optimizer, options=options,
@@ -580,6 +616,25 @@ def _trace_once(problem, built) -> None:
     eqx.filter_eval_shape(step, built)
 
 
+def _check_counts(label: str, method: Method, n: int) -> None:
+    """A method's own eigenvector counts (the central flow's ``num_eigenvalues`` and
+    ``guard``), when given, against the problem's number of parameters."""
+    options = method.options
+    k = options.get("num_eigenvalues")
+    if is_number(k) and k > n:
+        raise fail(where(f"methods.{label}", "num_eigenvalues"),
+                   f"{k} is more than the problem's {n} parameters")
+    guard = options.get("guard")
+    if is_number(guard) and guard > 0:
+        if k is None:  # the flow's default, at most n
+            field = _option_fields(FLOWS[method.name]).get("num_eigenvalues")
+            k = getattr(field, "default", 0)
+        if min(k, n) + guard > n:
+            raise fail(where(f"methods.{label}", "guard"),
+                       f"{min(k, n)} + {guard} eigenvectors are more than the problem's "
+                       f"{n} parameters")
+
+
 def check_methods(config: Config, problem) -> None:
     """Check every method of the run against the problem: its tracked eigenvalues fit
     the problem, and it builds and traces one step (at the first learning rate)."""
@@ -597,6 +652,7 @@ def check_methods(config: Config, problem) -> None:
         if isinstance(tracking.eigensolver, LOBPCG) and 5 * k >= n:
             raise ConfigError(f"{place}: LOBPCG needs 5 × {k} < {n} parameters; "
                               "use eigensolver = \"dense\"")
+        _check_counts(label, method, n)
         try:
             _trace_once(problem, method.build(problem, spec.lrs[0]))
         except Exception as err:  # whatever the method rejects, at build or trace time

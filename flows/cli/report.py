@@ -151,20 +151,32 @@ def _method_summary(
 
 
 def _message(label: str, entry: Mapping[str, Any], steps: int) -> str:
+    """A sentence on how a method ended. ``final_step`` is the last saved step with a
+    finite loss: everything saved after it is NaN (a divergence) or was never reached
+    (an integrator failure, a flow's divergence between saved steps)."""
     code, at = entry["status_code"], entry["stopped_at"]
     kept = entry["final_step"]
     if code == 0:
         return f"{label}: ran all {steps} steps"
     if code == 1:
+        saved = ("nothing it saved is finite" if kept is None
+                 else f"its results are kept up to step {kept}")
         return (
             f"{label} diverged at step {at} (the loss became non-finite or exceeded the "
-            f"divergence threshold); it was stopped there, its results are kept up to step "
-            f"{kept}, and the other methods went on"
+            f"divergence threshold); it was stopped there, {saved}, and the other methods "
+            "went on"
         )
+    if at is None:
+        when = ""
+    elif kept is None or kept >= at:
+        when = f" before step {at}"
+    else:
+        when = f" between steps {kept} and {at}"
+    saved = ("nothing it saved is finite" if kept is None
+             else f"its results are kept up to step {kept}, the last saved step it reached")
     return (
-        f"{label}: the integrator failed at step {at} (it spent its step budget or its step "
-        f"size collapsed); its results are kept up to step {kept}, and the other methods "
-        "went on"
+        f"{label}: the integrator failed{when} (it spent its step budget or its step size "
+        f"collapsed); {saved}, and the other methods went on"
     )
 
 

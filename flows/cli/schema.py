@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from ..options import ConfigError
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "is_number",
     "positive_int",
     "positive_number",
+    "representable",
+    "in_dtype",
     "choice",
     "table",
     "check_no_nesting",
@@ -81,6 +85,31 @@ def positive_number(place: str, value: Any) -> float:
     if not is_number(value) or not math.isfinite(value) or value <= 0:
         raise fail(place, f"expected a positive number, got {fmt(value)}")
     return float(value)
+
+
+def representable(place: str, value: Any, dtype: str, *, underflow: bool = True) -> None:
+    """Refuse a number the run's floating-point type cannot hold: beyond its largest value
+    (inf once cast) or, if ``underflow``, nonzero but below its smallest normal number (0,
+    or a subnormal that the computations flush to 0). Lists are checked item by item."""
+    if isinstance(value, list):
+        for item in value:
+            representable(place, item, dtype, underflow=underflow)
+        return
+    if not is_number(value) or not math.isfinite(value):
+        return
+    info = np.finfo(dtype)
+    size = abs(value)
+    if size > float(info.max):
+        raise fail(place, f"{fmt(value)} is not representable in {dtype}: it overflows to "
+                   f"inf (the largest {dtype} is {float(info.max):.4g})")
+    if underflow and 0 < size < float(info.tiny):
+        raise fail(place, f"{fmt(value)} is not representable in {dtype}: it rounds to 0 "
+                   f"(the smallest positive normal {dtype} is {float(info.tiny):.4g})")
+
+
+def in_dtype(value: float, dtype: str) -> float:
+    """``value`` rounded to ``dtype`` (a representable number, see `representable`)."""
+    return float(np.asarray(value, dtype=dtype))
 
 
 def choice(place: str, value: Any, choices: Iterable[str]) -> str:

@@ -7,8 +7,9 @@ where bad input raises `FileNotFoundError` or `ValueError` naming the path and t
 
 from __future__ import annotations
 
+import numbers
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import equinox as eqx
@@ -75,11 +76,32 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes)[labels]
 
 
+def check_size(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int``: an integer (not a bool, not a float), at least ``minimum``;
+    else a `ValueError` that names the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer ≥ {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_sizes(values: Iterable[int], name: str, minimum: int = 1) -> tuple[int, ...]:
+    """A sequence of sizes (hidden widths, channels) as ints, each checked as `check_size`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list of positive integers, got {values!r}")
+    values = list(values)
+    try:
+        return tuple(check_size(v, name, minimum) for v in values)
+    except ValueError:
+        what = "positive integers" if minimum == 1 else f"integers ≥ {minimum}"
+        raise ValueError(f"{name} must be {what}, got {values!r}") from None
+
+
 def _check_n(n: int | None, available: int, what: str) -> int:
     if n is None:
         return available
-    if int(n) != n or n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_size(n, "n")
     if n > available:
         raise ValueError(f"{what}: only {available} examples available, but n={n} requested")
     return int(n)
@@ -100,7 +122,9 @@ def _select_classes(
             if names is None or c not in names:
                 raise ValueError(f"unknown class {c!r}; valid classes are 0..{num_classes - 1}")
             c = names.index(c)
-        if int(c) != c or not 0 <= c < num_classes:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not (
+            0 <= c < num_classes
+        ):
             raise ValueError(f"unknown class {c!r}; valid classes are 0..{num_classes - 1}")
         wanted.append(int(c))
     if not wanted or len(set(wanted)) != len(wanted):
@@ -152,7 +176,8 @@ def synthetic_regression(n: int = 128, d_in: int = 8, d_out: int = 1, seed: int 
     ``(n, d_out)``, as in the central-flow reference case (Cohen, Damian, Talwalkar,
     Kolter and Lee, ICLR 2025). Drawn with ``numpy.random.default_rng(seed)``.
     """
-    rng = np.random.default_rng(seed)
+    n, d_in, d_out = (check_size(v, k) for v, k in ((n, "n"), (d_in, "d_in"), (d_out, "d_out")))
+    rng = np.random.default_rng(check_size(seed, "seed", minimum=0))
     x = rng.standard_normal((n, d_in))
     y = rng.standard_normal((n, d_out))
     return Dataset(_float(x), _float(y), num_classes=None, name="synthetic_regression")
@@ -165,9 +190,9 @@ def synthetic_classification(
     ``label_i = argmax_c (x_i W)_c`` with ``W`` standard normal ``(d_in, num_classes)``
     (linearly separable). One-hot targets. Drawn with ``numpy.random.default_rng(seed)``.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    rng = np.random.default_rng(seed)
+    n, d_in = check_size(n, "n"), check_size(d_in, "d_in")
+    num_classes = check_size(num_classes, "num_classes", minimum=2)
+    rng = np.random.default_rng(check_size(seed, "seed", minimum=0))
     x = rng.standard_normal((n, d_in))
     teacher = rng.standard_normal((d_in, num_classes))
     labels = np.argmax(x @ teacher, axis=1)
@@ -184,6 +209,7 @@ def chebyshev_data(degree: int = 4, n: int = 20) -> Dataset:
     of the first kind): the regression task of Cohen, Kaur, Li, Kolter and Talwalkar
     (ICLR 2021). Inputs and targets have shape ``(n, 1)``.
     """
+    degree, n = check_size(degree, "degree", minimum=0), check_size(n, "n")
     x = np.linspace(-1.0, 1.0, n)
     y = np.polynomial.chebyshev.chebval(x, np.eye(degree + 1)[degree])
     return Dataset(_float(x[:, None]), _float(y[:, None]), num_classes=None, name="chebyshev")

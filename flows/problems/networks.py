@@ -24,7 +24,13 @@ import numpy as np
 from jaxtyping import Array, Inexact, PyTree, Scalar
 
 from flows.problem import Problem
-from flows.problems.data import Dataset, chebyshev_data, synthetic_regression
+from flows.problems.data import (
+    Dataset,
+    chebyshev_data,
+    check_size,
+    check_sizes,
+    synthetic_regression,
+)
 from flows.problems.losses import cross_entropy, mean_squared_error, mse
 
 __all__ = [
@@ -151,12 +157,27 @@ def _supervised_loss(
     return LOSSES[loss](model(x, params), y)
 
 
+def _check_data(x: np.ndarray, y: np.ndarray, name: str) -> None:
+    """A data set a network can train on: examples, input features and targets."""
+    if x.ndim < 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"data {name!r}: expected inputs (n, ...) and targets (n, d_out), got shapes "
+            f"{x.shape} and {y.shape}"
+        )
+    if x.shape[0] == 0 or y.shape[1] == 0 or 0 in x.shape[1:]:
+        raise ValueError(
+            f"data {name!r} is empty: {x.shape[0]} examples, inputs of shape {x.shape[1:]}, "
+            f"{y.shape[1]} targets each"
+        )
+
+
 def _as_matrix(data: Dataset) -> tuple[Array, Array]:
     dtype = _float_dtype()
     x = np.asarray(data.x)
     y = np.asarray(data.y)
     if y.ndim == 1:
         y = y[:, None]
+    _check_data(x, y, data.name)
     return jnp.asarray(x.reshape(x.shape[0], -1), dtype=dtype), jnp.asarray(y, dtype=dtype)
 
 
@@ -198,8 +219,10 @@ def mlp(
     """
     _check_choice(activation, ACTIVATIONS, "activation")
     _check_choice(loss, LOSSES, "loss")
+    widths = check_sizes(widths, "widths")
+    seed = check_size(seed, "seed", minimum=0)
     x, y = _as_matrix(data)
-    sizes = [x.shape[1], *(int(w) for w in widths), y.shape[1]]
+    sizes = [x.shape[1], *widths, y.shape[1]]
     pairs = list(zip(sizes[:-1], sizes[1:]))
     weights = _init_weights(seed, [((a, b), a, _gain(activation)) for a, b in pairs])
     params = []
@@ -217,8 +240,7 @@ def deep_linear(
     matrices of inner width ``width``; one of the edge-of-stability setups of Cohen, Kaur,
     Li, Kolter and Talwalkar (ICLR 2021). Loss ``L = (1/n) Σ_i ½‖f(x_i) − y_i‖²`` by default.
     """
-    if depth < 1:
-        raise ValueError(f"depth must be at least 1, got {depth}")
+    depth, width = check_size(depth, "depth"), check_size(width, "width")
     return _rename(
         mlp(data, [width] * (depth - 1), activation="identity", loss=loss, seed=seed, bias=False),
         f"deep_linear-{depth}x{width}-{data.name}",
@@ -240,6 +262,7 @@ def chebyshev(
     1-``width``-1 network fits ``T_degree`` on ``n`` equispaced points in [−1, 1] with
     ``L = (1/n) Σ_i ½ (f(x_i) − T_degree(x_i))²``. Defaults: degree 4, 20 points, 1-100-1 tanh.
     """
+    width = check_size(width, "width")
     data = chebyshev_data(degree=degree, n=n)
     return _rename(
         mlp(data, [width], activation=activation, loss="mse", seed=seed),
@@ -268,6 +291,7 @@ def reference_mlp(seed: int = 0, *, draw: str = "jax") -> Problem:
             benchmarks' recorded figures are measured on it.
     """
     _check_choice(draw, ("jax", "numpy"), "draw")
+    seed = check_size(seed, "seed", minimum=0)
     if draw == "numpy":
         data = synthetic_regression(n=128, d_in=8, d_out=1, seed=seed)
         return _rename(
@@ -361,6 +385,8 @@ def cnn(
     """
     _check_choice(activation, ACTIVATIONS, "activation")
     _check_choice(loss, LOSSES, "loss")
+    channels = check_sizes(channels, "channels")
+    seed = check_size(seed, "seed", minimum=0)
     dtype = _float_dtype()
     x = np.asarray(data.x)
     if x.ndim == 3:
@@ -374,14 +400,15 @@ def cnn(
     y = np.asarray(data.y)
     if y.ndim == 1:
         y = y[:, None]
+    _check_data(x, y, data.name)
     x, y = jnp.asarray(x, dtype=dtype), jnp.asarray(y, dtype=dtype)
     height, width = height // 2 ** len(channels), width // 2 ** len(channels)
     if height == 0 or width == 0:
         raise ValueError(f"images of shape {x.shape[1:3]} are too small for {len(channels)} pools")
     specs, c = [], c_in
     for c_out in channels:
-        specs.append(((3, 3, c, int(c_out)), 9 * c, _gain(activation)))
-        c = int(c_out)
+        specs.append(((3, 3, c, c_out), 9 * c, _gain(activation)))
+        c = c_out
     features = height * width * c
     specs.append(((features, y.shape[1]), features, 1.0))
     weights = _init_weights(seed, specs)

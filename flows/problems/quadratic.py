@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Inexact, Scalar
 
 from flows.problem import Problem
+from flows.problems.data import check_size
 
 __all__ = ["QuadraticLoss", "quadratic", "quadratic_from_matrix", "quadratic_hessian"]
 
@@ -70,7 +71,10 @@ def quadratic_from_matrix(
     if w0 is None:
         w0_arr = jnp.ones((n,), dtype=dtype)
     else:
-        w0_arr = jnp.asarray(w0, dtype=dtype)
+        try:
+            w0_arr = jnp.asarray(w0, dtype=dtype)
+        except (TypeError, ValueError):
+            raise ValueError(f"w0 must be a vector of numbers, got {w0!r}") from None
         if w0_arr.shape != (n,):
             raise ValueError(f"w0 must have shape ({n},), got {w0_arr.shape}")
     return Problem(loss=QuadraticLoss(H_arr), params0=w0_arr, loss_min=0.0, name=name)
@@ -92,7 +96,11 @@ def quadratic(
             of a Gaussian matrix drawn with ``jax.random.key(seed)``).
         rotate: if False, ``Q = I`` and ``H`` is diagonal.
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64)
+    seed = check_size(seed, "seed", minimum=0)
+    try:
+        lam = np.asarray(eigenvalues, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"eigenvalues must be a list of numbers, got {eigenvalues!r}") from None
     if lam.ndim != 1 or lam.size == 0:
         raise ValueError(f"eigenvalues must be a non-empty 1-D sequence, got shape {lam.shape}")
     n = lam.size

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Inexact, Scalar
 
 from flows.problem import Problem
@@ -33,6 +34,12 @@ def diagonal_quadratic(*, theta: tuple[float, float] = (-0.35, -0.2)) -> Problem
     Parameters: the flat vector ``θ`` (shape ``(2,)``), starting at ``theta``;
     `quadratic_hessian` applies.
     """
+    try:
+        ok = np.asarray(theta, dtype=np.float64).shape == (2,)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"theta must be 2 numbers, got {theta!r}")
     return quadratic_from_matrix(jnp.diag(jnp.array([2.0, 0.02])), theta, name="diagonal_quadratic")
 
 

@@ -535,3 +535,72 @@ def test_second_run_reads_the_compilation_cache(tmp_path):
     a, b = load_results(tmp_path / "one"), load_results(tmp_path / "two")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+SMALL_MLP = {
+    "problem": {"name": "mlp", "widths": [4], "activation": "tanh"},
+    "data": {"name": "synthetic_regression", "n": 16, "d_in": 3},
+    "run": {"lr": 0.1, "steps": 4, "save_every": 2},
+    "methods": {"gd": {}},
+}
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        (("problem", "widths"), [32.5],
+         "[problem] mlp: widths must be positive integers, got [32.5]"),
+        (("problem", "widths"), [-3, 32], "[problem] mlp: widths must be positive integers"),
+        (("problem", "widths"), [0], "[problem] mlp: widths must be positive integers"),
+        (("problem", "widths"), ["a"], "[problem] mlp: widths must be positive integers"),
+        (("run", "lr"), 1e-300, "[run] lr: 1e-300 is not representable in float32"),
+        (("run", "lr"), 1e39, "[run] lr: 1e+39 is not representable in float32"),
+        (("data", "n"), 0, "[data] synthetic_regression: n must be a positive integer, got 0"),
+        (("data", "d_in"), 0, "[data] synthetic_regression: d_in must be a positive integer"),
+        (("methods", "cf"), {"method": "central_flow", "num_tracked": 1000},
+         "[methods.cf] num_eigenvalues: 1000 is more than the problem's 21 parameters"),
+    ],
+)
+def test_values_that_used_to_run_or_fail_obscurely_are_named(tmp_path, path, value, expected):
+    config = _set(copy.deepcopy(SMALL_MLP), path, value)
+    code, _, err = run_cli("run", write_config(tmp_path / "c.toml", config), "--out",
+                           tmp_path / "run")
+    assert code == 2
+    error = [line for line in err.splitlines() if not line.startswith("flows: note:")]
+    assert_one_line_error("\n".join(error))
+    assert expected in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_integrator_failure_says_up_to_which_saved_step_results_are_kept(tmp_path):
+    # Euler with dt0 = 0.5 and a budget of 3 steps reaches τ = 1.5: steps 0 and 1 are saved,
+    # step 2 is the first it never reaches.
+    config = copy.deepcopy(QUADRATIC)
+    config["run"].update(steps=6, save_every=1, checkpoint_every=6, num_eigenvalues=0)
+    config["methods"] = {"gd": {}, "gf": {"method": "gradient_flow", "solver": "euler",
+                                          "dt0": 0.5, "max_steps": 3}}
+    code, out, err = run_cli("run", write_config(tmp_path / "c.toml", config), "--out",
+                             tmp_path / "run")
+    assert code == 0, err
+    gf = json.loads((tmp_path / "run" / "summary.json").read_text())["methods"]["gf"]
+    assert gf["status"] == "integrator failed at step 2" and gf["stopped_at"] == 2
+    assert gf["final_step"] == 1
+    results = load_results(tmp_path / "run")
+    assert np.all(np.isfinite(results["gf/loss"][:2])) and not np.isfinite(results["gf/loss"][2])
+    assert ("gf: the integrator failed between steps 1 and 2 (it spent its step budget or its "
+            "step size collapsed); its results are kept up to step 1, the last saved step it "
+            "reached, and the other methods went on") in out
+
+
+def test_messages_when_nothing_finite_was_saved():
+    from flows.cli.report import _message
+
+    diverged = {"status_code": 1, "stopped_at": 0, "final_step": None}
+    text = _message("gd", diverged, 10)
+    assert "diverged at step 0" in text and "nothing it saved is finite" in text
+    assert "None" not in text
+    failed = {"status_code": 2, "stopped_at": 5, "final_step": None}
+    text = _message("gf", failed, 10)
+    assert "failed before step 5" in text and "None" not in text
+    failed = {"status_code": 2, "stopped_at": 10, "final_step": 5}
+    assert "failed between steps 5 and 10" in _message("gf", failed, 10)

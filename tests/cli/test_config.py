@@ -145,7 +145,7 @@ def test_fingerprint_tracks_what_matters():
         (("data", "path"), "x", r"\[data\] path: unknown key"),
         (("data",), ..., r"problem 'mlp' trains on data: add a \[data\] table"),
         (("methods", "sgd"), {}, r"\[methods.sgd\]: unknown method 'sgd'"),
-        (("methods", "x"), {"method": "adam"}, r"\[methods.x\] method: unknown method 'adam'"),
+        (("methods", "x"), {"method": "lion"}, r"\[methods.x\] method: unknown method 'lion'"),
         (("methods", "gd", "beta2"), 0.9, r"\[methods.gd\] beta2: unknown key; 'gd' takes"),
         (("methods", "rms", "beta2"), 1.5, r"\[methods.rms\] beta2: expected a number in \[0, 1\)"),
         (("methods", "rms", "beta2"), "high", r"\[methods.rms\] beta2: expected a number"),
@@ -154,7 +154,7 @@ def test_fingerprint_tracks_what_matters():
         (("methods", "gd", "rtol"), 1e-3, r"\[methods.gd\] rtol: integrator options apply"),
         (("methods", "gradient_flow", "solver"), "rk4", r"solver: unknown value 'rk4'"),
         (("methods", "gradient_flow", "rtol"), -1.0, r"rtol: expected a positive number"),
-        (("methods", "gradient_flow", "optimizer"), "adam", r"optimizer: unknown value 'adam'"),
+        (("methods", "gradient_flow", "optimizer"), "lion", r"optimizer: unknown value 'lion'"),
         (("methods", "gd", "reference"), "nobody", r"\[methods.gd\] reference: 'nobody'"),
         (("methods",), {}, r"\[methods\]: no methods"),
         (("extra",), {}, r"unknown table \[extra\]"),
@@ -271,3 +271,93 @@ def test_missing_and_corrupt_data_files(tmp_path):
     with pytest.raises(ConfigError, match=r"\[data\] cifar10: .*truncated or corrupt") as info:
         build_problem(parse_config(cifar_config(batch)))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("run", "lr"), 1e-300, r"^\[run\] lr: 1e-300 is not representable in float32: it rounds "
+                                r"to 0"),
+        (("run", "lr"), 1e39, r"^\[run\] lr: 1e\+39 is not representable in float32: it "
+                              r"overflows to inf"),
+        (("run", "lr"), [0.1, 1e39], r"^\[run\] lr: 1e\+39 is not representable in float32"),
+        (("run", "divergence_factor"), 1e39, r"^\[run\] divergence_factor: 1e\+39 is not "
+                                             r"representable"),
+        (("methods", "rms", "beta2"), 1 - 1e-10,
+         r"^\[methods.rms\] beta2: expected a number in \[0, 1\), got 0.9999999999, which is 1 "
+         r"in float32"),
+        (("methods", "rms", "eps"), 1e-50, r"^\[methods.rms\] eps: 1e-50 is not representable"),
+        (("methods", "gradient_flow", "dt0"), 1e-300, r"^\[methods.gradient_flow\] dt0: 1e-300 is "
+                                                      r"not representable"),
+        (("methods", "gradient_flow", "dt0"), 1e-12, r"^\[methods.gradient_flow\] dt0: 1e-12 takes "
+                                                     r"2e\+13 integrator steps"),
+        (("methods", "gradient_flow", "max_steps"), 10**10, r"^\[methods.gradient_flow\] "
+                                                            r"max_steps: 10000000000 is more"),
+        (("problem", "seed"), -1, r"^\[problem\] seed: expected an integer ≥ 0, got -1"),
+        (("data", "seed"), -2, r"^\[data\] seed: expected an integer ≥ 0, got -2"),
+        (("data", "n"), True, r"^\[data\] n: expected an integer, got True"),
+    ],
+)
+def test_values_the_run_cannot_use_are_named(path, value, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_config(with_change(path, value))
+    assert "\n" not in str(info.value)
+
+
+def test_representable_numbers_depend_on_the_dtype():
+    raw = with_change(("run", "lr"), 1e-300)
+    raw["run"]["dtype"] = "float64"
+    assert parse_config(raw).run.lr == 1e-300  # a normal float64
+    raw["run"]["lr"] = 1e-320  # subnormal in float64
+    with pytest.raises(ConfigError, match=r"\[run\] lr: 1e-320 is not representable in float64"):
+        parse_config(raw)
+    raw = {"problem": {"name": "quadratic", "eigenvalues": [1.0, 1e39]},
+           "run": {"lr": 0.1, "steps": 2}, "methods": {"gd": {}}}
+    with pytest.raises(ConfigError, match=r"^\[problem\] eigenvalues: 1e\+39 is not representable "
+                       r"in float32: it overflows"):
+        parse_config(raw)
+    raw["problem"]["eigenvalues"] = [1e-50, 1.0]  # a tiny eigenvalue may round to 0
+    raw["run"]["lr"] = 0.1
+    parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("problem", "widths"), [32.5], r"^\[problem\] mlp: widths must be positive integers, "
+                                        r"got \[32.5\]$"),
+        (("problem", "widths"), [-3, 32], r"^\[problem\] mlp: widths must be positive integers"),
+        (("problem", "widths"), [0], r"^\[problem\] mlp: widths must be positive integers"),
+        (("problem", "widths"), ["a"], r"^\[problem\] mlp: widths must be positive integers"),
+        (("data", "n"), 0, r"^\[data\] synthetic_regression: n must be a positive integer, got 0$"),
+        (("data", "n"), -3, r"^\[data\] synthetic_regression: n must be a positive integer"),
+        (("data", "d_in"), 0, r"^\[data\] synthetic_regression: d_in must be a positive integer"),
+        (("data", "d_out"), 0, r"^\[data\] synthetic_regression: d_out must be a positive integer"),
+    ],
+)
+def test_sizes_the_builders_refuse_are_named(path, value, match):
+    config = parse_config(with_change(path, value))
+    with pytest.raises(ConfigError, match=match):
+        build_problem(config)
+
+
+def test_the_central_flows_counts_are_checked_against_the_problem():
+    raw = copy.deepcopy(BASE)  # 21 parameters
+    raw["methods"] = {"gd": {}, "cf": {"method": "central_flow", "num_tracked": 1000}}
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"^\[methods.cf\] num_eigenvalues: 1000 is more than "
+                       r"the problem's 21 parameters$"):
+        check_methods(config, build_problem(config))
+    raw["methods"]["cf"] = {"method": "central_flow", "guard": 17}  # 5 + 17 > 21
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"^\[methods.cf\] guard: 5 \+ 17 eigenvectors are more "
+                       r"than the problem's 21 parameters$"):
+        check_methods(config, build_problem(config))
+    raw["methods"]["cf"] = {"method": "central_flow", "num_eigenvalues": 21, "guard": 0}
+    config = parse_config(raw)
+    check_methods(config, build_problem(config))
+    # The default count is clipped to a smaller problem, as the flow does.
+    raw = {"problem": {"name": "valley"}, "run": {"lr": 0.1, "steps": 2},
+           "methods": {"cf": {"method": "central_flow"}}}
+    config = parse_config(raw)
+    check_methods(config, build_problem(config))
