@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
                      help="output folder (default: runs/<config name>)")
     run.add_argument(
         "--overwrite", action="store_true",
-        help="replace a run of another configuration found in DIR",
+        help="start afresh in DIR, replacing a run of another configuration or a damaged one",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     show = commands.add_parser(
