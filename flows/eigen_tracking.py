@@ -204,8 +204,8 @@ def track_trajectory(
     """`track` on a `Trajectory` (its ``params`` and ``steps``).
 
     The eigenvalues are those of ``P⁻¹H`` (the effective sharpness) if the trajectory
-    carries ``extras["p_inv"]`` (``simulate(..., effective_sharpness=True)``) or if the
-    update ``rule`` that produced it is given (`p_inv_series`, discrete or flow
+    carries ``extras["p_inv"]`` (``simulate(..., tracking=Tracking(k, effective=True))``)
+    or if the update ``rule`` that produced it is given (`p_inv_series`, discrete or flow
     according to ``trajectory.method``); otherwise of H.
     """
     p_inv = trajectory.extras.get("p_inv")

@@ -41,7 +41,7 @@ from ..eigen_tracking import track_output
 from ..integrate import run_method
 from ..options import ConfigError, Method, RunSpec, Tracking
 from ..problem import Problem
-from ..results import ChunkedArray, RunDirectory, concatenate_chunks
+from ..results import ChunkedArray, RunDirectory, concatenate_chunks, split_keys
 from ..timing import timed
 from ..trajectory import STATUS_OK, Trajectory, status_text
 from .fingerprint import problem_fingerprint, text_fingerprint
@@ -598,12 +598,13 @@ def _joined(history: list[dict[str, np.ndarray]], spec: RunSpec) -> dict[str, di
 def _split(
     flat: Mapping[str, ChunkedArray], skip: tuple[str, ...] = ()
 ) -> dict[str, dict[str, ChunkedArray]]:
-    arrays: dict[str, dict[str, ChunkedArray]] = {}
-    for key, value in flat.items():
-        label, _, name = key.partition("/")
-        if name and name not in skip:
-            arrays.setdefault(label, {})[name] = value
-    return arrays
+    """``"label/name"`` keys by label (`split_keys`), leaving out ``skip`` and the keys
+    of the run itself (no label: ``"lr"``)."""
+    return {
+        label: {name: value for name, value in named.items() if name not in skip}
+        for label, named in split_keys(flat).items()
+        if "" not in named
+    }
 
 
 def _checkpoint(
