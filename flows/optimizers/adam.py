@@ -95,6 +95,11 @@ class Adam(UpdateRule):
                     f"−log β), got {value!r}"
                 )
 
+    @property
+    def stability_threshold(self):
+        """``2(1 + β₁)/(1 − β₁)`` (38 for β₁ = 0.9): see the module."""
+        return 2 * (1 + self.beta1) / (1 - self.beta1)
+
     def init(self, f, w):
         return jnp.zeros_like(jnp.real(w)), jnp.zeros_like(jnp.real(w))
 

@@ -115,6 +115,16 @@ class UpdateRule(eqx.Module):
         p_inv, dstate = self.derivative(t, state, f, w, g, grad_sq)
         return -p_inv * g, dstate
 
+    @property
+    def stability_threshold(self) -> float:
+        """c: the edge of stability of the rule, ``λ_max(P⁻¹H) = c`` with P frozen.
+
+        2 for preconditioned GD (``w_{k+1} = w_k − P⁻¹ g_k`` on a quadratic is stable iff
+        every eigenvalue of P⁻¹H is below 2); momentum rules raise it (`Momentum`,
+        `Adam`). Central flows hold the tracked eigenvalues of P⁻¹H at c.
+        """
+        return 2.0
+
     def check_continuous(self) -> None:
         """Raise ValueError if these hyperparameters have no continuous-time counterpart
         (called when a flow is built on the rule; nothing to check by default)."""

@@ -87,6 +87,13 @@ class Momentum(UpdateRule):
                 f"got {self.beta!r}"
             )
 
+    @property
+    def stability_threshold(self):
+        """``2(1 + β)`` (heavy ball), ``2(1 + β)/(1 + 2β)`` (Nesterov): see the module."""
+        if self.nesterov:
+            return 2 * (1 + self.beta) / (1 + 2 * self.beta)
+        return 2 * (1 + self.beta)
+
     def init(self, f, w):
         return jnp.zeros_like(jnp.real(w))
 

@@ -79,6 +79,7 @@ from ..linalg.eigen import DenseEigh, EigenSolver, Lanczos, top_eigenpairs
 from ..linalg.hvp import (
     gradient,
     hessian_quadratic_form_grad,
+    hvp,
     loss_and_gradient,
     preconditioned_hvp,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "CentralFlowSolver",
     "EdgeSystem",
     "edge_system",
+    "momentum_edge_system",
 ]
 
 
@@ -170,16 +172,9 @@ def _solve_active(alpha: Array, beta: Array, num_active: Int[Array, ""]):
 
 
 class EdgeSystem(eqx.Module):
-    """The central-flow dynamics at one point, affine in X (``Σ = U X Uᵀ``):
+    """How the stability matrix ``A = Uᵀ(cP − H)U`` moves at one point, affine in X
+    (``Σ = U X Uᵀ``): with U frozen, ``dA/dτ = a0 + β[X]``."""
 
-    ``dw/dτ = dw0 + Σ_kl X_kl dw_x[k, l]``, ``E[g⊙g] = grad_sq0 + Σ_kl X_kl grad_sq_x[k, l]``
-    and, with U frozen, ``dA/dτ = a0 + β[X]`` for ``A = Uᵀ(2P − H)U``.
-    """
-
-    dw0: Float[Array, " n"]
-    dw_x: Float[Array, "k k n"]
-    grad_sq0: Float[Array, " n"]
-    grad_sq_x: Float[Array, "k k n"]
     a0: Float[Array, "k k"]
     beta: Float[Array, "k k k k"]
 
@@ -187,6 +182,22 @@ class EdgeSystem(eqx.Module):
 def _quadratic_form(u: Array, diagonal: Array) -> Array:
     """``Uᵀ diag(d) U`` for a scalar or per-coordinate d."""
     return jnp.einsum("ni,n,nj->ij", u, jnp.broadcast_to(diagonal, u.shape[:1]), u)
+
+
+def _flow_rates(rule, f, t, w, state, g, p_inv, u, third, x):
+    """``(dw/dτ, ds/dτ, E[g⊙g])`` of the central flow for ``Σ = U X Uᵀ``.
+
+    The rule's stable-flow velocity with the gradient and its square replaced by their
+    averages over the oscillation δ ∈ span(U): ``E[g] = g + ½∇⟨Σ, H⟩ = g + ½ Σ X_kl g_kl``
+    and, since ``Hδ = cPδ`` at the edge (c the rule's threshold),
+    ``E[g⊙g] = g⊙g + c²P² diag Σ``.
+    """
+    threshold = rule.stability_threshold
+    expected_grad = g + 0.5 * jnp.einsum("kl,kln->n", x, third)
+    diag_sigma = jnp.einsum("kl,nk,nl->n", x, u, u)
+    grad_sq = g * g + threshold**2 / p_inv**2 * diag_sigma
+    dw, ds = rule.velocity(t, state, f, w, expected_grad, grad_sq)
+    return dw, ds, grad_sq
 
 
 def edge_system(
@@ -199,7 +210,8 @@ def edge_system(
     u: Float[Array, "n k"],
     third: Float[Array, "k k n"],
 ) -> EdgeSystem:
-    """Assemble `EdgeSystem` at ``(t, w, s)`` for the basis u and ``third = g_ij``.
+    """`EdgeSystem` of a preconditioned rule at ``(t, w, s)`` for the basis u and
+    ``third = g_ij``, assembled from its pieces.
 
     Generic in the rule: ``P⁻¹`` is ``rule.p_inv``, the state rate comes from
     ``rule.derivative`` (linearised in ``E[g⊙g]``, exact for RMSProp-type rules), and
@@ -207,17 +219,17 @@ def edge_system(
     For GD all the Ṗ terms vanish identically.
     """
     k = u.shape[1]
+    threshold = rule.stability_threshold
     p_inv = rule.p_inv(t, state, f, w, g)
     dw0 = -p_inv * g
     dw_x = -0.5 * p_inv * third
-    grad_sq0 = g * g
-    # The oscillation δ ∈ span(U) has Hδ = 2Pδ at the edge: E[(Hδ)⊙(Hδ)] = 4P² diag(Σ).
-    grad_sq_x = 4.0 / p_inv**2 * (u.T[:, None, :] * u.T[None, :, :])
+    # The oscillation δ ∈ span(U) has Hδ = cPδ at the edge: E[(Hδ)⊙(Hδ)] = c²P² diag(Σ).
+    grad_sq_x = threshold**2 / p_inv**2 * (u.T[:, None, :] * u.T[None, :, :])
 
     def state_rate(grad_sq):
         return rule.derivative(t, state, f, w, g, grad_sq)[1]
 
-    ds0, state_rate_linear = jax.linearize(state_rate, grad_sq0)
+    ds0, state_rate_linear = jax.linearize(state_rate, g * g)
 
     def p_inv_at(time, s, x):
         return rule.p_inv(time, s, f, x, gradient(f)(x))
@@ -231,10 +243,74 @@ def edge_system(
     zero_t = jnp.zeros_like(t)
     dprecond_x = jax.vmap(lambda ds, dw: d_precond(zero_t, ds, dw))(ds_x, dw_x.reshape(k * k, n))
     dprecond_0 = d_precond(jnp.ones_like(t), ds0, dw0)
-    a0 = 2 * _quadratic_form(u, dprecond_0) - jnp.einsum("ijn,n->ij", third, dw0)
+    a0 = threshold * _quadratic_form(u, dprecond_0) - jnp.einsum("ijn,n->ij", third, dw0)
     beta_p = jax.vmap(lambda d: _quadratic_form(u, d))(dprecond_x).reshape(k, k, k, k)
-    beta = 2 * jnp.transpose(beta_p, (2, 3, 0, 1)) - jnp.einsum("ijn,kln->ijkl", third, dw_x)
-    return EdgeSystem(dw0, dw_x, grad_sq0, grad_sq_x, a0, beta)
+    beta = threshold * jnp.transpose(beta_p, (2, 3, 0, 1)) - jnp.einsum(
+        "ijn,kln->ijkl", third, dw_x
+    )
+    return EdgeSystem(a0, beta)
+
+
+def momentum_edge_system(
+    rule: UpdateRule,
+    f: Callable[[Array], Scalar],
+    t: Scalar,
+    w: Float[Array, " n"],
+    state: PyTree,
+    u: Float[Array, "n k"],
+    num_active: Int[Array, ""],
+    restoring_rate: float | Array,
+    around: Float[Array, "k k"] | None = None,
+) -> EdgeSystem:
+    """The second-order stability condition of a momentum rule: ``(d/dτ + κ)² A = a0 + β[X]``.
+
+    A momentum rule moves w by its momentum, ``dw/dτ = −η m`` (heavy ball), and Σ enters
+    only the momentum's rate, ``dm/dτ ∝ E[g] − (1 − β) m``: ``dA/dτ = −⟨g_ij, ẇ⟩`` does
+    not depend on X, and Σ can only hold A at 0 through ``d²A/dτ²``. So X solves the
+    complementarity problem on ``Ä + 2κȦ + κ²A`` (critically damped return to the edge
+    at rate κ, the second-order form of the first-order flows' ``Ȧ + κA``), with U frozen
+    and every derivative along the flow taken by forward differentiation, through the
+    rule's own ``velocity``: generic in the rule. ``Ä`` holds fourth derivatives of the
+    loss (the sharpness' curvature along ẇ), once per point, not per entry of X.
+
+    The condition is quadratic in X in general and is linearised ``around`` a given X
+    (0 by default; `CentralFlow` takes Newton steps, ``newton_steps``): exact at once for
+    heavy ball, whose rates are affine in X and whose A does not depend on the state;
+    Adam's (P depends on ν, ν's rate on X) and Nesterov's (``dw/dτ = −η(E[g] + βm)``
+    depends on X) quadratic terms are removed by the next Newton step.
+    """
+    k = u.shape[1]
+
+    def stability(time, x_w, s):
+        p_inv = rule.p_inv(time, s, f, x_w, gradient(f)(x_w))
+        hu = jax.vmap(lambda v: hvp(f, x_w, v), in_axes=1, out_axes=1)(u)
+        return rule.stability_threshold * _quadratic_form(u, 1.0 / p_inv) - u.T @ hu
+
+    def along_flow(fn, x):
+        """τ ↦ d/dτ fn(τ, w(τ), s(τ)) along the flow with X = x held."""
+
+        def rate(time, x_w, s):
+            _, g = loss_and_gradient(f, x_w)
+            p_inv = rule.p_inv(time, s, f, x_w, g)
+            third = _active_third_derivatives(f, x_w, u, num_active)
+            dw, ds, _ = _flow_rates(rule, f, time, x_w, s, g, p_inv, u, third, x)
+            return jax.jvp(fn, (time, x_w, s), (jnp.ones_like(time), dw, ds))[1]
+
+        return rate
+
+    def condition(x):
+        rate = along_flow(stability, x)
+        second = along_flow(rate, x)
+        kappa = restoring_rate
+        return (second(t, w, state) + 2 * kappa * rate(t, w, state)
+                + kappa**2 * stability(t, w, state))
+
+    around = jnp.zeros((k, k), w.dtype) if around is None else around
+    value, linear = jax.linearize(condition, around)
+    basis = jnp.eye(k * k, dtype=w.dtype).reshape(k * k, k, k)
+    beta = jax.vmap(linear)(basis)  # [kl, i, j] = ∂M_ij/∂X_kl
+    beta = jnp.moveaxis(beta.reshape(k, k, k, k), (0, 1), (2, 3))
+    return EdgeSystem(value - jnp.einsum("ijkl,kl->ij", beta, around), beta)
 
 
 def _rank(x: Array) -> Array:
@@ -330,6 +406,9 @@ class CentralFlow(VectorField):
         refine_iterations: block Rayleigh–Ritz iterations per step in `CentralFlowSolver`.
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
+        newton_steps: momentum rules only: Newton steps on their second-order stability
+            condition, quadratic in X (`momentum_edge_system`); one is exact for heavy
+            ball, two bring Adam and Nesterov to rounding on the analytic tests.
         eigensolver: the from-scratch eigensolver, for the first step and for generic
             diffrax solvers (by default dense up to 128 parameters, Lanczos with 100
             Krylov vectors above).
@@ -344,13 +423,18 @@ class CentralFlow(VectorField):
     guard: int = eqx.field(static=True, default=0)
     refine_iterations: int = eqx.field(static=True, default=1)
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
+    newton_steps: int = eqx.field(static=True, default=2)
     eigensolver: EigenSolver | None = None
 
     # Preconditioned rules whose P⁻¹ is a function of a state s with a rate ds/dτ.
-    models: ClassVar[tuple[str, ...] | None] = ("gd", "rmsprop", "scalar_rmsprop")
+    models: ClassVar[tuple[str, ...] | None] = (
+        "gd", "rmsprop", "scalar_rmsprop", "momentum", "nesterov", "adam", "adamw"
+    )
 
     def __check_init__(self):
-        for name, least in (("num_eigenvalues", 1), ("guard", 0), ("refine_iterations", 1)):
+        for name, least in (
+            ("num_eigenvalues", 1), ("guard", 0), ("refine_iterations", 1), ("newton_steps", 1)
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
@@ -393,7 +477,9 @@ class CentralFlow(VectorField):
 
     def _geometry(self, p_inv, values, vectors) -> _Geometry:
         mu = values[: self.edge_size]
-        num_active = jnp.sum(mu >= 2.0 - self.edge_margin)
+        # The margin is relative to GD's threshold 2: the same fraction of every rule's.
+        threshold = self.rule.stability_threshold
+        num_active = jnp.sum(mu >= threshold * (1.0 - 0.5 * self.edge_margin))
         u = _scale_columns(p_inv, vectors[:, : self.edge_size])
         return _Geometry(vectors, values, u, num_active)
 
@@ -431,13 +517,28 @@ class CentralFlow(VectorField):
             third = _active_third_derivatives(f, w, u, num_active)
         if curvature is None:
             curvature = jnp.diag(geometry.values[: self.edge_size])
-        stability = 2 * _quadratic_form(u, 1.0 / p_inv) - curvature
-        system = edge_system(self.rule, f, t, w, state, g, u, third)
-        alpha = system.a0 + self.restoring_rate * stability
-        x, residual = _solve_active(alpha, system.beta, num_active)
-        dw = system.dw0 + jnp.einsum("kl,kln->n", x, system.dw_x)
-        grad_sq = system.grad_sq0 + jnp.einsum("kl,kln->n", x, system.grad_sq_x)
-        ds = self.rule.derivative(t, state, f, w, g, grad_sq)[1]
+        stability = self.rule.stability_threshold * _quadratic_form(u, 1.0 / p_inv) - curvature
+        if self.rule.preconditioned:
+            system = edge_system(self.rule, f, t, w, state, g, u, third)
+            alpha = system.a0 + self.restoring_rate * stability
+            x, residual = _solve_active(alpha, system.beta, num_active)
+        else:
+            size = self.edge_size
+            x = jnp.zeros((size, size), w.dtype)
+            residual = jnp.zeros((), w.dtype)
+            for _ in range(self.newton_steps):
+                system = jax.lax.cond(
+                    num_active > 0,
+                    lambda x=x: momentum_edge_system(
+                        self.rule, f, t, w, state, u, num_active, self.restoring_rate, x
+                    ),
+                    lambda: EdgeSystem(
+                        jnp.zeros((size, size), w.dtype), jnp.eye(size**2, dtype=w.dtype)
+                        .reshape((size,) * 4)
+                    ),
+                )
+                x, residual = _solve_active(system.a0, system.beta, num_active)
+        dw, ds, grad_sq = _flow_rates(self.rule, f, t, w, state, g, p_inv, u, third, x)
         report = _Report(x, curvature, loss, g, grad_sq, residual)
         return _Evaluation(dw, ds, third), report
 
