@@ -62,7 +62,7 @@ from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
 from .base import UpdateRule
-from .rmsprop import inverse_root
+from .rmsprop import bias_correction, inverse_root
 
 __all__ = ["Adam", "AdamW"]
 
@@ -108,10 +108,10 @@ class Adam(UpdateRule):
         return None
 
     def _p_inv(self, nu, count):
-        return inverse_root(self.lr, nu / (1 - self.beta2**count), self.eps)
+        return inverse_root(self.lr, nu / bias_correction(self.beta2, count, nu), self.eps)
 
     def _delta(self, p_inv, mu, count, w):
-        direction = p_inv * (mu / (1 - self.beta1**count))
+        direction = p_inv * (mu / bias_correction(self.beta1, count, mu))
         decay = self._decay(w)
         return -direction if decay is None else -(direction + self.lr * decay)
 

@@ -47,7 +47,13 @@ from jaxtyping import Array, Float
 from ..linalg.hvp import gradient
 from .base import UpdateRule
 
-__all__ = ["RMSProp", "ScalarRMSProp", "inverse_root"]
+__all__ = ["RMSProp", "ScalarRMSProp", "bias_correction", "inverse_root"]
+
+
+def bias_correction(beta, count, like):
+    """``1 − β^count`` in the dtype of ``like``: the count is an integer step (or a float
+    step time), whose power would otherwise promote a float32 state to float64."""
+    return (1 - beta ** jnp.asarray(count, jnp.result_type(like))).astype(jnp.result_type(like))
 
 
 def inverse_root(lr, nu, eps):
@@ -99,7 +105,7 @@ class RMSProp(UpdateRule):
 
     def _p_inv(self, nu, count):
         if self.bias_correction:
-            nu = nu / (1 - self.beta2**count)
+            nu = nu / bias_correction(self.beta2, count, nu)
         return inverse_root(self.lr, nu, self.eps)
 
     def update(self, step, state, f, w, g):
