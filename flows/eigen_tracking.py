@@ -332,11 +332,16 @@ def track_output(
     problem: Problem, built, output: dict, tracking, save_every: int
 ) -> tuple[Float[Array, "T k"] | None, dict[str, Array]]:
     """The eigenvalues a run reports, and its extras: a run's own (the central flow
-    reports the eigenvalues it tracks), else those `tracking` (a `flows.Tracking`) asks
-    for, computed along ``output`` (a `flows.integrate.run_method` result) of the update
-    rule or flow ``built``; with ``tracking.effective`` the extras gain ``"p_inv"``."""
+    reports the eigenvalues it tracks, those of P⁻¹H with ``tracking.effective``), else
+    those `tracking` (a `flows.Tracking`) asks for, computed along ``output`` (a
+    `flows.integrate.run_method` result) of the update rule or flow ``built``; with
+    ``tracking.effective`` the extras gain ``"p_inv"``."""
     extras = dict(output.get("extras", {}))
     eigenvalues = extras.pop("eigenvalues", None)
+    if eigenvalues is not None and tracking.effective:
+        # The central flow's own report of P⁻¹H, so that every method of an effective run
+        # reports the same quantity.
+        eigenvalues = extras.get("effective_eigenvalues", eigenvalues)
     if eigenvalues is not None or not tracking.num_eigenvalues:
         return eigenvalues, extras
     flow = isinstance(built, VectorField)

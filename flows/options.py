@@ -204,8 +204,9 @@ class Tracking(eqx.Module):
 
     @property
     def is_plain(self) -> bool:
-        """Tracking at every saved step of ``H`` itself (what a chunked run supports)."""
-        return self.every is None and not self.midpoint and not self.effective
+        """Tracking at every saved step, of H or (``effective``) of P⁻¹H at that step's own
+        P⁻¹: what a chunked run supports, each saved step on its own."""
+        return self.every is None and not self.midpoint
 
     def rows(self, save_every: int) -> int:
         """The tracking interval in saved rows, checked against ``save_every``."""
@@ -425,9 +426,8 @@ class RunSpec(eqx.Module):
             tracking = self.tracking_of(label)
             if not tracking.is_plain:
                 raise ValueError(
-                    f"{label}: a chunked run tracks plain eigenvalues at every saved step; "
-                    "eigen_every, midpoint and effective need flows.simulate without a "
-                    "checkpoint folder"
+                    f"{label}: a chunked run tracks eigenvalues at every saved step; "
+                    "eigen_every and midpoint need flows.simulate without a checkpoint folder"
                 )
 
     @property

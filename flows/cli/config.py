@@ -100,6 +100,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": None,  # about 20 chunks
     "num_eigenvalues": 1,
     "eigensolver": "auto",
+    "effective": False,  # track λ(P⁻¹H), each optimizer against its own threshold
     "dtype": "float32",
     "seed": 0,
     "divergence_factor": 1e6,
@@ -171,6 +172,7 @@ class Config:
             "checkpoint_every": spec.checkpoint_every,
             "num_eigenvalues": spec.tracking.num_eigenvalues,
             "eigensolver": _name_of(EIGENSOLVERS, spec.tracking.eigensolver),
+            "effective": spec.tracking.effective,
             "dtype": self.dtype,
             "seed": self.seed,
             "divergence_factor": spec.divergence_factor,
@@ -300,7 +302,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
         if ref is not None and ref != t.label:
             references[t.label] = ref
 
-    tracking = Tracking(num_eigenvalues=run["num_eigenvalues"], eigensolver=run["eigensolver"])
+    tracking = Tracking(num_eigenvalues=run["num_eigenvalues"], eigensolver=run["eigensolver"],
+                        effective=run["effective"])
     methods = {t.label: t.method(tracking) for t in tables}
     try:
         spec = RunSpec(
@@ -362,8 +365,9 @@ def _parse_run(values: dict[str, Any]) -> dict[str, Any]:
             raise fail(at("checkpoint_every"),
                        f"{checkpoint_every} must be a multiple of save_every = {save_every}")
     save_params = values["save_params"]
-    if not isinstance(save_params, bool):
-        raise fail(at("save_params"), f"expected true or false, got {fmt(save_params)}")
+    for key in ("save_params", "effective"):
+        if not isinstance(values[key], bool):
+            raise fail(at(key), f"expected true or false, got {fmt(values[key])}")
     reference = values["reference"]
     if reference is not None and not isinstance(reference, str):
         raise fail(at("reference"), f"expected a method label, got {fmt(reference)}")
@@ -376,6 +380,7 @@ def _parse_run(values: dict[str, Any]) -> dict[str, Any]:
             at("num_eigenvalues"), values["num_eigenvalues"], minimum=0
         ),
         "eigensolver": choice(at("eigensolver"), values["eigensolver"], EIGENSOLVERS),
+        "effective": values["effective"],
         "dtype": dtype,
         "seed": positive_int(at("seed"), values["seed"], minimum=0),
         "divergence_factor": positive("divergence_factor", values["divergence_factor"]),
@@ -424,7 +429,8 @@ class _MethodTable:
         tracking = None
         if self.num_eigenvalues is not None:  # this method's own count, the run's solver
             tracking = Tracking(
-                num_eigenvalues=self.num_eigenvalues, eigensolver=run_tracking.eigensolver
+                num_eigenvalues=self.num_eigenvalues, eigensolver=run_tracking.eigensolver,
+                effective=run_tracking.effective,
             )
         try:
             return Method(

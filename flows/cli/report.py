@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..methods import default_optimizer, make_rule
 from ..options import ConfigError
 from ..results import RunDirectory, load_json, load_npz, save_json, save_npz, split_keys
 from ..trajectory import status_text
@@ -34,7 +35,7 @@ __all__ = [
     "show",
 ]
 
-PLOTS = ("loss.png", "sharpness.png", "distance.png", "sweep.png")
+PLOTS = ("loss.png", "sharpness.png", "effective_sharpness.png", "distance.png", "sweep.png")
 
 def versions() -> dict[str, str]:
     """Versions of the package and of what decides its numbers."""
@@ -275,8 +276,11 @@ def write_results(config: Config, problem, output, run_dir: RunDirectory) -> dic
     else:
         summary["messages"] = _messages(methods, spec.steps)
         statuses = {label: output.status(label) for label in output.arrays}
+        thresholds = _thresholds(spec, problem) if spec.tracking.effective else None
+        if thresholds:
+            summary["thresholds"] = thresholds
         summary["plots"] = _plot_single(output.arrays, spec.lr, run_dir.path, statuses,
-                                        dict(spec.references), problem.name)
+                                        dict(spec.references), problem.name, thresholds)
     summary["results"] = run_dir.results_path.name
     save_json(run_dir.summary_path, summary)
     return summary
@@ -285,10 +289,22 @@ def write_results(config: Config, problem, output, run_dir: RunDirectory) -> dic
 # ------------------------------------------------------------------------- plots
 
 
-def _plot_single(arrays, lr, directory: Path, statuses, references, title) -> list[str]:
+def _thresholds(spec, problem) -> dict[str, float]:
+    """Each method's stability threshold c of λ_max(P⁻¹H), from its update rule."""
+    out = {}
+    for label, method in spec.methods.items():
+        optimizer = method.optimizer or default_optimizer(method.name)
+        rule = make_rule(optimizer, spec.lr, problem, method.options)
+        out[label] = float(rule.stability_threshold)
+    return out
+
+
+def _plot_single(arrays, lr, directory: Path, statuses, references, title,
+                 thresholds=None) -> list[str]:
     from ..plots.runs import plot_run
 
-    paths = plot_run(arrays, lr, directory, references=references, status=statuses, title=title)
+    paths = plot_run(arrays, lr, directory, references=references, status=statuses, title=title,
+                     thresholds=thresholds)
     return [p.name for p in paths]
 
 
@@ -440,4 +456,4 @@ def _replot_finished(summary: Mapping[str, Any], run_dir: RunDirectory) -> None:
     statuses = {label: m.get("status", "ok") for label, m in methods.items()}
     references = {label: m["reference"] for label, m in methods.items() if m.get("reference")}
     _plot_single(arrays, float(summary["lr"]), run_dir.path, statuses, references,
-                 summary.get("problem"))
+                 summary.get("problem"), summary.get("thresholds"))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .figures import colours, new_figure, save_figure
 
-__all__ = ["plot_loss", "plot_sharpness", "plot_distance", "plot_run"]
+__all__ = ["plot_loss", "plot_sharpness", "plot_effective_sharpness", "plot_distance", "plot_run"]
 
 Runs = Mapping[str, Mapping[str, np.ndarray]]
 
@@ -88,6 +88,39 @@ def plot_sharpness(
     return save_figure(figure, path)
 
 
+def plot_effective_sharpness(
+    runs: Runs, thresholds: Mapping[str, float], path: str | os.PathLike, *,
+    status: Mapping[str, str] | None = None, title: str | None = None,
+) -> Path:
+    """The effective sharpness λ_max(P⁻¹H) against step, each optimizer's threshold c
+    dashed (2 for GD and RMSProp, 2(1 + β) for heavy ball, 2(1 + β₁)/(1 − β₁) for Adam).
+
+    A central flow's own report (``effective_eigenvalues``) is drawn where it has one,
+    else the run's tracked eigenvalues (of P⁻¹H with ``Tracking(effective=True)``).
+    """
+    figure, axes = _figure()
+    colour = colours(runs)
+    for label, arrays in runs.items():
+        key = "effective_eigenvalues" if "effective_eigenvalues" in arrays else "eigenvalues"
+        if key not in arrays:
+            continue
+        steps = np.asarray(arrays["steps"])
+        values = np.real(np.asarray(arrays[key]))[:, 0]
+        drawn = ~np.isnan(values)
+        (line,) = axes.plot(steps[drawn], values[drawn], label=_legend(label, status), lw=1.2,
+                            color=colour[label])
+        _mark_stop(axes, steps[drawn], values[drawn], line)
+    for threshold in sorted(set(thresholds.values())):
+        users = ", ".join(label for label, c in thresholds.items() if c == threshold)
+        axes.axhline(threshold, color="black", ls="--", lw=1,
+                     label=f"threshold {threshold:.4g} ({users})")
+    axes.set_xlabel("step")
+    axes.set_ylabel("effective sharpness λ₁(P⁻¹H)")
+    axes.set_title(title or "effective sharpness")
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
 def plot_distance(
     runs: Runs, path: str | os.PathLike, *, references: Mapping[str, str] | None = None,
     status: Mapping[str, str] | None = None, title: str | None = None,
@@ -117,13 +150,20 @@ def plot_run(
     references: Mapping[str, str] | None = None,
     status: Mapping[str, str] | None = None,
     title: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> list[Path]:
-    """``loss.png``, ``sharpness.png`` (if eigenvalues were tracked) and ``distance.png``
-    (if distances were recorded) in ``directory``; returns the paths written."""
+    """``loss.png``, ``sharpness.png`` (if eigenvalues were tracked; with ``thresholds``,
+    each method's stability threshold, ``effective_sharpness.png`` instead) and
+    ``distance.png`` (if distances were recorded) in ``directory``; returns the paths."""
     directory = Path(directory)
     prefix = f"{title}: " if title else ""
     written = [plot_loss(runs, directory / "loss.png", status=status, title=f"{prefix}loss")]
-    if any("eigenvalues" in arrays for arrays in runs.values()):
+    if thresholds:
+        written.append(
+            plot_effective_sharpness(runs, thresholds, directory / "effective_sharpness.png",
+                                     status=status, title=f"{prefix}effective sharpness")
+        )
+    elif any("eigenvalues" in arrays for arrays in runs.values()):
         written.append(
             plot_sharpness(runs, lr, directory / "sharpness.png", status=status,
                            title=f"{prefix}sharpness (η = {lr:g})")

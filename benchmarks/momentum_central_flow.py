@@ -1,0 +1,227 @@
+"""The central flows of heavy-ball momentum and Adam against the discrete optimizers.
+
+``simulate(problem, "central_flow", optimizer="momentum" | "adam", ...)``: the generic
+`flows.CentralFlow` with the rule's own velocity (E[g] = g + ½∇⟨Σ, H⟩ drives the momentum,
+E[g⊙g] = g⊙g + c²P² diag Σ drives Adam's ν), its threshold c (2(1 + β) = 3.8 for heavy ball
+at β = 0.9, 2(1 + β₁)/(1 − β₁) = 38 for Adam at β₁ = 0.9) and the second-order stability
+condition ``(d/dτ + κ)² A ⪰ 0`` (`flows.vector_fields.central_flow.momentum_edge_system`).
+float64, default `CentralFlowSolver` (RK4, one step per optimizer step), 3 tracked
+eigenvalues, against the discrete run from the same start in float32 and float64, and
+against the stable flow (``"gradient_flow"`` with the same optimizer).
+
+Per case: the step where Σ first becomes non-zero ("edge"); the effective sharpness
+λ_max(P⁻¹H) along the flow (its own report, and an independent eigensolve at its saved
+points every 10 steps) against c; the discrete run's effective sharpness after the edge
+(midpoints, every 10 steps: mean, min and max over c); ‖w_disc − w‖ / ‖w_disc − w₀‖ of the
+central and stable flows (final, worst after the edge) and their ratio; the predicted loss
+``L + ½⟨Σ, H⟩`` against the run's loss smoothed by a Gaussian of σ = 50 steps (median
+relative error after the edge, also with the prediction smoothed alike); run time.
+
+Outputs (``--out``, default ``runs/momentum_central_flow/``): ``results.json``, ``table.md``
+and ``<case>.png`` (loss; effective sharpness against c; distances to the run).
+
+Run: ``python benchmarks/momentum_central_flow.py [--quick] [--out DIR]`` (``--quick``: the
+Adam reference case, 600 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rmsprop_central_flow import closer_from, distances  # noqa: E402
+
+import flows  # noqa: E402
+from flows.diagnostics import first_at_edge, gaussian_smooth  # noqa: E402
+from flows.eigen_tracking import p_inv_series, track  # noqa: E402
+from flows.problems import digits, mlp, reference_mlp  # noqa: E402
+
+SIGMA = 50
+EVERY = 10
+
+
+def digits_mlp():
+    return mlp(digits(n=100, standardize=False), [32], activation="tanh", loss="mse")
+
+
+ADAM = {"beta1": 0.9, "beta2": 0.999}
+# name: (problem factory, optimizer, η, options, steps)
+CASES = {
+    "reference, heavy ball": (reference_mlp, "momentum", 0.05, {"beta": 0.9}, 1000),
+    "reference, Adam": (reference_mlp, "adam", 0.002, ADAM, 1000),
+    "digits, heavy ball": (digits_mlp, "momentum", 0.15, {"beta": 0.9}, 1000),
+    "digits, Adam": (digits_mlp, "adam", 0.01, ADAM, 1000),
+}
+
+
+def run_case(name, make_problem, optimizer, lr, options, steps, out):
+    problem = make_problem()
+    print(f"== {name}: {problem.num_params} parameters, {optimizer}, η = {lr}, {options}",
+          flush=True)
+    common = dict(lr=lr, steps=steps, **options)
+    tracking = flows.Tracking(1, every=EVERY, midpoint=True, effective=True)
+    disc = flows.simulate(problem, optimizer, tracking=tracking, **common)
+    disc32 = flows.simulate(problem.astype(jnp.float32), optimizer, **common)
+    stable = flows.simulate(problem, "gradient_flow", optimizer=optimizer, **common)
+    cf = flows.simulate(problem, "central_flow", optimizer=optimizer, num_eigenvalues=3,
+                        **common)
+    rule = flows.make_method(problem, optimizer, lr, options=options)
+    threshold = float(rule.stability_threshold)
+    extras = {k: np.asarray(v) for k, v in cf.extras.items()}
+    edge = first_at_edge(extras["sigma_trace"])
+    print(f"   central flow {cf.status}, edge at step {edge}; run {cf.wall_time:.1f} s "
+          f"(compile {cf.compile_time:.1f} s)", flush=True)
+    result = {"parameters": problem.num_params, "optimizer": optimizer, "lr": lr,
+              "options": options, "steps": steps, "threshold": threshold,
+              "status": cf.status, "edge_step": edge}
+
+    disc_mu = np.asarray(disc.eigenvalues[:, 0])
+    tracked = ~np.isnan(disc_mu)
+    disc_steps = np.asarray(disc.steps)[tracked]
+    disc_mu = disc_mu[tracked]
+    result["discrete_sharpness_max_over_c"] = float(np.max(disc_mu) / threshold)
+    if edge < 0:
+        result["note"] = "the central flow never reached the edge"
+        print("   " + json.dumps(result), flush=True)
+        return result
+
+    mu = extras["effective_eigenvalues"][:, 0]
+    p_inv = p_inv_series(problem, rule, cf.steps, cf.params, cf.extras, discrete=False)
+    check = track(problem, cf.params, 1, steps=cf.steps, every=EVERY, p_inv=p_inv)
+    check_steps, check_mu = np.asarray(check.steps), np.asarray(check.values[:, 0])
+    after = disc_steps > edge
+    result["sharpness"] = {
+        "cf_max_rel_deviation_report": float(np.max(np.abs(mu[edge + 1:] - threshold))
+                                             / threshold),
+        "cf_max_rel_deviation_eigensolve": float(
+            np.max(np.abs(check_mu[check_steps > edge] - threshold)) / threshold),
+        "discrete_after_edge_over_c": [float(np.mean(disc_mu[after]) / threshold),
+                                       float(np.min(disc_mu[after]) / threshold),
+                                       float(np.max(disc_mu[after]) / threshold)],
+        "max_at_edge": int(np.max(extras["num_at_edge"])),
+    }
+    rel = {}
+    for key, run in (("float64", disc), ("float32", disc32)):
+        rel_cf, result[f"cf_vs_disc_{key}"] = distances(cf.params, run.params, edge)
+        rel_sf, result[f"stable_vs_disc_{key}"] = distances(stable.params, run.params, edge)
+        result[f"stable_over_cf_final_{key}"] = (
+            result[f"stable_vs_disc_{key}"]["final"] / result[f"cf_vs_disc_{key}"]["final"])
+        result[f"cf_closer_from_{key}"] = closer_from(rel_cf, rel_sf, edge)
+        rel[key] = (rel_cf, rel_sf)
+
+    smooth_loss = np.asarray(gaussian_smooth(np.asarray(disc32.loss, np.float64), SIGMA))
+    window = np.arange(max(edge, 2 * SIGMA), steps + 1 - 2 * SIGMA)
+    prediction = extras["predicted_loss"]
+    smooth_prediction = np.asarray(gaussian_smooth(jnp.asarray(prediction), SIGMA))
+    result["predicted_loss_median_error"] = float(np.median(
+        np.abs(prediction - smooth_loss)[window] / smooth_loss[window]))
+    result["predicted_loss_both_smoothed_median_error"] = float(np.median(
+        np.abs(smooth_prediction - smooth_loss)[window] / smooth_loss[window]))
+    result["stable_loss_median_error"] = float(np.median(
+        np.abs(np.asarray(stable.loss) - smooth_loss)[window] / smooth_loss[window]))
+    result["timing"] = {"cf_run_s": cf.wall_time, "cf_compile_s": cf.compile_time,
+                        "disc_run_s": disc32.wall_time, "stable_run_s": stable.wall_time}
+    plot(out / f"{name.replace(', ', '_').replace(' ', '_')}.png", name, threshold, disc32,
+         stable, cf, edge, smooth_loss, (disc_steps, disc_mu), (check_steps, check_mu), rel)
+    print("   " + json.dumps({k: v for k, v in result.items() if k != "options"}), flush=True)
+    return result
+
+
+def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, check, rel):
+    steps = np.asarray(disc.steps)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2), constrained_layout=True)
+    ax = axes[0]
+    ax.plot(steps, disc.loss, c="C0", alpha=0.3, label="discrete (float32)")
+    ax.plot(steps, smooth_loss, c="C0", lw=3, label=f"discrete, smoothed (σ={SIGMA})")
+    ax.plot(steps, stable.loss, c="r", ls="--", label="stable flow")
+    ax.plot(steps, cf.loss, c="k", label="central flow")
+    ax.plot(steps, cf.extras["predicted_loss"], c="k", ls=":", label="prediction L + ½⟨Σ,H⟩")
+    ax.set_yscale("log")
+    ax.set_title(f"{title}: loss")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot(*disc_mu, c="C0", label="discrete (midpoints, float64)")
+    ax.plot(steps, cf.extras["effective_eigenvalues"][:, 0], c="k", label="central flow")
+    ax.plot(*check, "k.", ms=3, label="central flow, eigensolve")
+    ax.axhline(threshold, c="gray", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_title("effective sharpness λ_max(P⁻¹H)")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    ax.plot(steps, rel["float32"][0], c="k", label="central flow vs float32 run")
+    ax.plot(steps, rel["float64"][0], c="C1", label="central flow vs float64 run")
+    ax.plot(steps, rel["float32"][1], c="r", ls="--", label="stable flow vs float32 run")
+    ax.axvline(edge, c="gray", ls=":", label="edge (CF)")
+    ax.set_yscale("log")
+    ax.set_title("‖w_disc − w‖ / ‖w_disc − w₀‖")
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results) -> str:
+    lines = [
+        "| case | η | c | edge step | CF: max \\|μ−c\\|/c after edge (report / eigensolve) | "
+        "run's μ/c after edge: mean [min, max] | CF vs run (float32): final / worst after "
+        "edge | stable flow final | stable ÷ CF (float32 / float64) | pred. loss median err "
+        "(vs smoothed / both smoothed; stable flow's loss) | CF ms/step (compile s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if "sharpness" not in r:
+            lines.append(f"| {name} | {r['lr']:g} | {r['threshold']:.3g} | — | {r['note']}; "
+                         f"run's max μ/c {r['discrete_sharpness_max_over_c']:.2f} | | | | | | |")
+            continue
+        s, c32, t = r["sharpness"], r["cf_vs_disc_float32"], r["timing"]
+        mean, low, high = s["discrete_after_edge_over_c"]
+        lines.append(
+            f"| {name} | {r['lr']:g} | {r['threshold']:.3g} | {r['edge_step']} | "
+            f"{s['cf_max_rel_deviation_report']:.1e} / {s['cf_max_rel_deviation_eigensolve']:.1e}"
+            f" | {mean:.2f} [{low:.2f}, {high:.2f}] | {c32['final']:.2%} / "
+            f"{c32['max_after_edge']:.2%} | {r['stable_vs_disc_float32']['final']:.2%} | "
+            f"{r['stable_over_cf_final_float32']:.1f}× / {r['stable_over_cf_final_float64']:.1f}×"
+            f" | {r['predicted_loss_median_error']:.1%} / "
+            f"{r['predicted_loss_both_smoothed_median_error']:.1%}; "
+            f"{r['stable_loss_median_error']:.1%} | "
+            f"{1e3 * t['cf_run_s'] / r['steps']:.1f} ({t['cf_compile_s']:.0f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/momentum_central_flow"))
+    parser.add_argument("--quick", action="store_true", help="the Adam reference case, 600 steps")
+    parser.add_argument("--cases", nargs="*", help="names of cases to run (default: all)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cases = {k: v for k, v in CASES.items() if not args.cases or k in args.cases}
+    if args.quick:
+        make, optimizer, lr, options, _ = CASES["reference, Adam"]
+        cases = {"reference, Adam": (make, optimizer, lr, options, 600)}
+    results = {name: run_case(name, *case, out=args.out) for name, case in cases.items()}
+    text = table(results)
+    print(text)
+    machine = {"platform": platform.platform(), "devices": str(jax.devices()),
+               "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    (args.out / "table.md").write_text(text)
+    (args.out / "results.json").write_text(
+        json.dumps({"cases": results, "machine": machine}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
