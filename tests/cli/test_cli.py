@@ -604,3 +604,32 @@ def test_messages_when_nothing_finite_was_saved():
     assert "failed before step 5" in text and "None" not in text
     failed = {"status_code": 2, "stopped_at": 10, "final_step": 5}
     assert "failed between steps 5 and 10" in _message("gf", failed, 10)
+
+
+def test_effective_sharpness_against_each_threshold(tmp_path):
+    """``[run] effective = true``: every method reports λ(P⁻¹H) (here η·8 on the diagonal
+    quadratic, for GD and heavy ball alike, P⁻¹ = η), the summary holds each method's
+    threshold (2 for GD, 2(1 + β) for heavy ball) and effective_sharpness.png replaces
+    sharpness.png. A value that is not a boolean is one line naming the key."""
+    config = {**QUADRATIC, "run": {**QUADRATIC["run"], "effective": True},
+              "methods": {"gd": {}, "momentum": {"beta": 0.5},
+                          "cf": {"method": "central_flow", "optimizer": "momentum",
+                                 "beta": 0.5}}}
+    code, _, err = run_cli("run", write_config(tmp_path / "e.toml", config), "--out",
+                           tmp_path / "run")
+    assert code == 0, err
+    results = load_results(tmp_path / "run")
+    for label in ("gd", "momentum", "cf"):
+        np.testing.assert_allclose(results[f"{label}/eigenvalues"][:, 0], LR * EIGS[-1],
+                                   rtol=1e-9)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["thresholds"] == {"gd": 2.0, "momentum": 3.0, "cf": 3.0}
+    assert "effective_sharpness.png" in summary["plots"]
+    assert not (tmp_path / "run" / "sharpness.png").exists()
+
+    bad = {**QUADRATIC, "run": {**QUADRATIC["run"], "effective": 1}}
+    code, _, err = run_cli("run", write_config(tmp_path / "b.toml", bad), "--out",
+                           tmp_path / "bad")
+    assert code == 2
+    assert_one_line_error(err)
+    assert "effective" in err and "true or false" in err
