@@ -30,6 +30,18 @@ eigenvalue at the edge. With one eigenvalue (GD, ``u = √η v``, ``Σ = σ² v 
 the solution is ``σ² = ηX = 2⟨−g, ∇S⟩/‖∇S‖²`` and ``dw/dτ = −η Π_{∇S⊥} g``; with several,
 X is a full k×k matrix (`flows.linalg.sdcp`).
 
+**Momentum rules** (heavy ball, Nesterov, Adam, AdamW; ``rule.preconditioned`` False).
+The edge is the rule's own threshold c (``rule.stability_threshold``): with P frozen,
+heavy ball on an eigenvalue λ of H is ``w_{k+1} = (1 + β − ηλ) w_k − β w_{k−1}``, stable
+iff ``ηλ < 2(1 + β)``, whose roots at the edge are −1 and −β (GD's period-2 oscillation);
+Adam's late steps are heavy ball with ``η_hb = (1 − β₁)P⁻¹`` on ``m = μ/(1 − β₁)``, so its
+edge is ``λ(P⁻¹H) = 2(1 + β₁)/(1 − β₁)``. Averaged over the oscillation, the state is driven
+by ``E[g] = g + ½∇⟨Σ, H⟩`` (the momentum) and ``E[g⊙g] = g⊙g + c²P² diag Σ`` (Adam's ν):
+the rule's own stable-flow ``velocity`` with those averages (`_flow_rates`). Σ then cannot
+change ``dA/dτ`` (w moves by the momentum, not by the gradient): it acts through
+``d²A/dτ²``, and X solves the complementarity problem on ``Ä + 2κȦ + κ²A``
+(`momentum_edge_system`, with Newton steps where that is quadratic in X).
+
 **Restoring term**: ``κA`` (``κ = restoring_rate``) is the continuous form of the
 reference code's one-step-ahead condition ``A + dt·dA/dτ ⪰ 0`` (``κ = 1/dt``): on
 the edge A = 0 and it vanishes, so it does not change the flow there; an eigenvalue
