@@ -298,24 +298,22 @@ def momentum_edge_system(
         hu = jax.vmap(lambda v: hvp(f, x_w, v), in_axes=1, out_axes=1)(u)
         return rule.stability_threshold * _quadratic_form(u, 1.0 / p_inv) - u.T @ hu
 
-    def along_flow(fn, x):
-        """τ ↦ d/dτ fn(τ, w(τ), s(τ)) along the flow with X = x held."""
-
-        def rate(time, x_w, s):
-            _, g = loss_and_gradient(f, x_w)
-            p_inv = rule.p_inv(time, s, f, x_w, g)
-            third = _active_third_derivatives(f, x_w, u, num_active)
-            dw, ds, _ = _flow_rates(rule, f, time, x_w, s, g, p_inv, u, third, x)
-            return jax.jvp(fn, (time, x_w, s), (jnp.ones_like(time), dw, ds))[1]
-
-        return rate
+    def along_flow(fn, time, x_w, s, x):
+        """``(fn, d/dτ fn)`` at (τ, w, s) along the flow with X = x held."""
+        _, g = loss_and_gradient(f, x_w)
+        p_inv = rule.p_inv(time, s, f, x_w, g)
+        third = _active_third_derivatives(f, x_w, u, num_active)
+        dw, ds, _ = _flow_rates(rule, f, time, x_w, s, g, p_inv, u, third, x)
+        return jax.jvp(fn, (time, x_w, s), (jnp.ones_like(time), dw, ds))
 
     def condition(x):
-        rate = along_flow(stability, x)
-        second = along_flow(rate, x)
+        def rate(time, x_w, s):
+            return along_flow(stability, time, x_w, s, x)[1]
+
+        # One jvp of Ȧ along the flow gives Ȧ (its primal) and Ä (its tangent).
+        a_dot, a_ddot = along_flow(rate, t, w, state, x)
         kappa = restoring_rate
-        return (second(t, w, state) + 2 * kappa * rate(t, w, state)
-                + kappa**2 * stability(t, w, state))
+        return a_ddot + 2 * kappa * a_dot + kappa**2 * stability(t, w, state)
 
     around = jnp.zeros((k, k), w.dtype) if around is None else around
     value, linear = jax.linearize(condition, around)
