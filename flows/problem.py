@@ -123,6 +123,22 @@ class Problem(eqx.Module):
         _check_params0(self.params0)
         _check_loss(self.loss, self.params0)
 
+    @classmethod
+    def from_equinox(cls, model, data, loss="mse", **kwargs) -> Problem:
+        """The full-batch loss of an equinox model on ``data``; see
+        `flows.problems.from_equinox` for the arguments."""
+        from flows.problems.adapters import from_equinox
+
+        return from_equinox(model, data, loss, **kwargs)
+
+    @classmethod
+    def from_flax(cls, module, params, data, loss="mse", **kwargs) -> Problem:
+        """The full-batch loss of a flax linen or nnx module on ``data``; see
+        `flows.problems.from_flax` for the arguments."""
+        from flows.problems.adapters import from_flax
+
+        return from_flax(module, params, data, loss, **kwargs)
+
     @property
     def w0(self) -> Float[Array, " n"]:
         """The initial parameters as one flat vector."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flows.problem import Problem
+from flows.problems.adapters import from_equinox, from_flax
+from flows.problems.architectures import ResNet, VisionTransformer, resnet, vit
 from flows.problems.data import (
     CIFAR10_CLASSES,
     Dataset,
@@ -44,6 +46,8 @@ __all__ = [
     "PROBLEMS",
     "Dataset",
     "QuadraticLoss",
+    "ResNet",
+    "VisionTransformer",
     "chebyshev",
     "chebyshev_data",
     "cifar10",
@@ -52,6 +56,8 @@ __all__ = [
     "deep_linear",
     "diagonal_quadratic",
     "digits",
+    "from_equinox",
+    "from_flax",
     "mean_squared_error",
     "mlp",
     "mse",
@@ -59,11 +65,13 @@ __all__ = [
     "quadratic_from_matrix",
     "quadratic_hessian",
     "reference_mlp",
+    "resnet",
     "scalar_product",
     "synthetic_classification",
     "synthetic_regression",
     "two_layer_scalar",
     "valley",
+    "vit",
 ]
 
 PROBLEMS: dict[str, Callable[..., Problem]] = {
@@ -76,6 +84,8 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "mlp": mlp,
     "deep_linear": deep_linear,
     "cnn": cnn,
+    "resnet": resnet,
+    "vit": vit,
     "reference_mlp": reference_mlp,
 }
 

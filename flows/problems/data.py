@@ -81,7 +81,8 @@ def check_size(value, name: str, minimum: int = 1) -> int:
     else a `ValueError` that names the argument ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(
-            minimum, f"an integer ≥ {minimum}")
+            minimum, f"an integer ≥ {minimum}"
+        )
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
@@ -122,9 +123,7 @@ def _select_classes(
             if names is None or c not in names:
                 raise ValueError(f"unknown class {c!r}; valid classes are 0..{num_classes - 1}")
             c = names.index(c)
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not (
-            0 <= c < num_classes
-        ):
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not (0 <= c < num_classes):
             raise ValueError(f"unknown class {c!r}; valid classes are 0..{num_classes - 1}")
         wanted.append(int(c))
     if not wanted or len(set(wanted)) != len(wanted):

@@ -314,8 +314,9 @@ def reference_mlp(seed: int = 0, *, draw: str = "jax") -> Problem:
     dtype = _float_dtype()
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
     model = _bind(_mlp_apply, activation="swish")
-    return _make(x.astype(dtype), y.astype(dtype), params, model, "mean_squared_error",
-                 "reference_mlp")
+    return _make(
+        x.astype(dtype), y.astype(dtype), params, model, "mean_squared_error", "reference_mlp"
+    )
 
 
 # ------------------------------------------------------------------------------- CNN

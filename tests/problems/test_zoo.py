@@ -350,6 +350,8 @@ def test_registries():
         "deep_linear",
         "cnn",
         "reference_mlp",
+        "resnet",
+        "vit",
     }
     assert set(DATASETS) == {
         "digits",
