@@ -53,10 +53,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import flows  # noqa: E402
 from flows.diagnostics import first_at_edge, gaussian_smooth, relative_distance  # noqa: E402
 from flows.eigen_tracking import track  # noqa: E402
-from flows.linalg import gradient  # noqa: E402
-from flows.problems import digits, mlp, reference_mlp  # noqa: E402
+from flows.linalg import gradient, sharpness  # noqa: E402
+from flows.problems import cifar10, cnn, digits, mlp, reference_mlp  # noqa: E402
 
 SIGMA = 50
+CNN_DIGITS_LR = 0.08
 
 
 def gradient_norms_sq(problem, params):
@@ -265,22 +266,50 @@ def table(results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cnn_case(args):
+    """The CNN reproductions: the zoo's CNN (3×3 convolutions, tanh, 2×2 average pooling,
+    dense head, ½‖f − y‖²) on 1000 digits (shipped) or on the first 1000 CIFAR-10 images
+    of a local copy (the papers' subset size)."""
+    if args.case == "cnn-digits":
+        data = digits(n=1000, flatten=False, standardize=False)
+        problem = cnn(data, channels=(16, 32), activation="tanh")
+        lr, steps = args.lr or CNN_DIGITS_LR, args.steps or 1000
+    else:
+        if args.cifar10 is None:
+            raise SystemExit("cnn-cifar10 needs --cifar10 PATH (a CIFAR-10 batch, folder or .npz)")
+        data = cifar10(args.cifar10, n=1000, flatten=False)
+        problem = cnn(data, channels=(32, 64, 64), activation="tanh")
+        if args.lr is None:
+            # 2/η = 2 λ₁(w₀): GD has to double its sharpness to reach the edge.
+            top = float(jax.jit(lambda p: sharpness(p.flat_loss, p.w0))(problem))
+            print(f"   initial sharpness {top:.4g}: η = 1/λ₁ = {1 / top:.4g}", flush=True)
+        lr, steps = args.lr or 1.0 / top, args.steps or 1000
+    return args.case, problem, lr, steps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/central_flow_vs_gd"))
     parser.add_argument("--quick", action="store_true", help="short runs, no tight check")
     parser.add_argument(
-        "--case", choices=("reference", "digits", "both"), default="both", help="which cases"
+        "--case", choices=("reference", "digits", "both", "cnn-digits", "cnn-cifar10"),
+        default="both", help="which cases ('both': reference and digits)",
     )
+    parser.add_argument("--cifar10", type=Path, help="CIFAR-10 file or folder (cnn-cifar10)")
+    parser.add_argument("--lr", type=float, help="learning rate of the CNN cases")
+    parser.add_argument("--steps", type=int, help="steps of the CNN cases")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
-    if args.case != "digits":
+    if args.case.startswith("cnn-"):
+        name, problem, lr, steps = cnn_case(args)
+        results[name] = run_case(name, problem, lr, steps, tight_check=False, out=args.out)
+    elif args.case != "digits":
         results["reference"] = run_case(
             "reference", reference_mlp(), 0.1, 300 if args.quick else 1000,
             tight_check=not args.quick, out=args.out, timing_float32=True,
         )
-    if not args.quick and args.case != "reference":
+    if not args.quick and args.case in ("digits", "both"):
         problem = mlp(digits(n=200, standardize=False), [150], activation="tanh", loss="mse")
         results["digits"] = run_case("digits", problem, 0.062, 1500, tight_check=True, out=args.out)
     results["machine"] = {"platform": platform.platform(), "devices": str(jax.devices())}

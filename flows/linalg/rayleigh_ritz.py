@@ -108,7 +108,19 @@ def block_rayleigh_ritz(
         return (carry[4] < max_iterations) & (carry[3] > rtol)
 
     start = (values, vectors, image, residual(values, vectors, image), jnp.asarray(0))
-    values, vectors, image, _, iterations = jax.lax.while_loop(not_done, body, start)
+    if max_iterations <= 4:
+        # A few iterations: a straight-line program, so that the work shared with other
+        # computations at the same point (the forward pass) is done once; with rtol > 0
+        # each iteration is a `lax.cond` on the residual (skipped when converged).
+        carry = start
+        for _ in range(max_iterations):
+            if rtol == 0:
+                carry = body(carry)
+            else:
+                carry = jax.lax.cond(not_done(carry), body, lambda c: c, carry)
+        values, vectors, image, _, iterations = carry
+    else:
+        values, vectors, image, _, iterations = jax.lax.while_loop(not_done, body, start)
     return values, vectors, image, iterations
 
 

@@ -120,6 +120,17 @@ def _pair_order(k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
+def _pair_gram(a: Array, b: Array) -> Array:
+    """``einsum("ijn,kln->ijkl", a, b)`` for a and b symmetric in (i, j): the k(k+1)/2
+    distinct pairs only (a 15×15 instead of a 25×25 Gram matrix for k = 5)."""
+    k = a.shape[0]
+    rows, cols = _pair_order(k)
+    index = np.zeros((k, k), dtype=int)
+    index[rows, cols] = index[cols, rows] = np.arange(rows.size)
+    gram = a[rows, cols] @ b[rows, cols].T
+    return gram[index[:, :, None, None], index[None, None, :, :]]
+
+
 def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
     widths = [(0, 0)] * x.ndim
     for axis in axes:
@@ -193,6 +204,8 @@ class EdgeSystem(eqx.Module):
 
 def _quadratic_form(u: Array, diagonal: Array) -> Array:
     """``Uᵀ diag(d) U`` for a scalar or per-coordinate d."""
+    if jnp.ndim(diagonal) == 0:  # e.g. GD's constant P⁻¹ (and its zero rate)
+        return diagonal * (u.T @ u)
     return jnp.einsum("ni,n,nj->ij", u, jnp.broadcast_to(diagonal, u.shape[:1]), u)
 
 
@@ -257,9 +270,7 @@ def edge_system(
     dprecond_0 = d_precond(jnp.ones_like(t), ds0, dw0)
     a0 = threshold * _quadratic_form(u, dprecond_0) - jnp.einsum("ijn,n->ij", third, dw0)
     beta_p = jax.vmap(lambda d: _quadratic_form(u, d))(dprecond_x).reshape(k, k, k, k)
-    beta = threshold * jnp.transpose(beta_p, (2, 3, 0, 1)) - jnp.einsum(
-        "ijn,kln->ijkl", third, dw_x
-    )
+    beta = threshold * jnp.transpose(beta_p, (2, 3, 0, 1)) - _pair_gram(third, dw_x)
     return EdgeSystem(a0, beta)
 
 
@@ -414,6 +425,10 @@ class CentralFlow(VectorField):
         guard: extra eigenvectors tracked beyond the ``num_eigenvalues`` reported (they
             speed up the warm-started eigensolver; see `block_size`).
         refine_iterations: block Rayleigh–Ritz iterations per step in `CentralFlowSolver`.
+        refine_rtol: skip a Rayleigh–Ritz expansion (a block of HVPs) when the top k
+            residuals are already below ``refine_rtol · max|θ|`` (0: always expand).
+        derivative_dtype: dtype of the eigenvector refinement's HVPs and of the third
+            derivatives (e.g. ``"float32"`` in a float64 run; default: the run's).
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
         newton_steps: momentum rules only: Newton steps on their second-order stability
@@ -432,6 +447,8 @@ class CentralFlow(VectorField):
     restoring_rate: float = 1.0
     guard: int = eqx.field(static=True, default=0)
     refine_iterations: int = eqx.field(static=True, default=1)
+    refine_rtol: float = eqx.field(static=True, default=0.0)
+    derivative_dtype: str | None = eqx.field(static=True, default=None)
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
     newton_steps: int = eqx.field(static=True, default=2)
     eigensolver: EigenSolver | None = None
@@ -453,10 +470,18 @@ class CentralFlow(VectorField):
             raise ValueError(
                 f"max_edge must be between 1 and num_eigenvalues={k}, got {self.max_edge!r}"
             )
-        for name in ("edge_margin", "restoring_rate"):
+        for name in ("edge_margin", "restoring_rate", "refine_rtol"):
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not (value >= 0 and np.isfinite(value)):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.derivative_dtype is not None:
+            try:
+                floating = jnp.issubdtype(jnp.dtype(self.derivative_dtype), jnp.floating)
+            except TypeError:
+                floating = False
+            if not floating:
+                raise ValueError(f"derivative_dtype must be a floating-point type such as "
+                                 f"'float32', got {self.derivative_dtype!r}")
 
     # -- pieces
 
@@ -504,14 +529,24 @@ class CentralFlow(VectorField):
     def _refined_geometry(self, t, w, state, vectors) -> _Geometry:
         f = self.problem.flat_loss
         p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
+        f_low, low = self._low_precision(w)
         values, vectors, _, _ = block_rayleigh_ritz(
-            preconditioned_hvp(f, w, p_inv),
-            vectors,
+            preconditioned_hvp(f_low, w.astype(low), jnp.asarray(p_inv, low)),
+            vectors.astype(low),
             num_converged=self.k,
             max_iterations=self.refine_iterations,
-            rtol=0.0,
+            rtol=self.refine_rtol,
         )
+        values, vectors = values.astype(w.dtype), vectors.astype(w.dtype)
         return self._geometry(p_inv, values, vectors)
+
+    def _low_precision(self, w):
+        """The loss and dtype of the eigenvector refinement and third derivatives:
+        ``derivative_dtype`` (e.g. float32 in a float64 run), else the run's own."""
+        if self.derivative_dtype is None or jnp.dtype(self.derivative_dtype) == w.dtype:
+            return self.problem.flat_loss, w.dtype
+        low = jnp.dtype(self.derivative_dtype)
+        return self.problem.astype(low).flat_loss, low
 
     def _evaluate(self, t, w, state, geometry: _Geometry, curvature=None, third=None):
         """The rates at (t, w, s) in the basis ``geometry.u``, with the pieces of the report.
@@ -524,7 +559,10 @@ class CentralFlow(VectorField):
         loss, g = loss_and_gradient(f, w)
         p_inv = self.rule.p_inv(t, state, f, w, g)
         if third is None:
-            third = _active_third_derivatives(f, w, u, num_active)
+            f_low, low = self._low_precision(w)
+            third = _active_third_derivatives(
+                f_low, w.astype(low), u.astype(low), num_active
+            ).astype(w.dtype)
         if curvature is None:
             curvature = jnp.diag(geometry.values[: self.edge_size])
         stability = self.rule.stability_threshold * _quadratic_form(u, 1.0 / p_inv) - curvature
