@@ -57,7 +57,7 @@ from flows.linalg import gradient, sharpness  # noqa: E402
 from flows.problems import cifar10, cnn, digits, mlp, reference_mlp  # noqa: E402
 
 SIGMA = 50
-CNN_DIGITS_LR = 0.08
+CNN_DIGITS_LR = 0.12
 
 
 def gradient_norms_sq(problem, params):
@@ -268,11 +268,12 @@ def table(results) -> str:
 
 def cnn_case(args):
     """The CNN reproductions: the zoo's CNN (3×3 convolutions, tanh, 2×2 average pooling,
-    dense head, ½‖f − y‖²) on 1000 digits (shipped) or on the first 1000 CIFAR-10 images
-    of a local copy (the papers' subset size)."""
+    dense head, ½‖f − y‖²) on 500 digits (shipped; channels 8 and 16, 1,898 parameters,
+    initial sharpness 13.7, GD reaches 2/η ≈ 16.7 near step 350) or on the first 1000
+    CIFAR-10 images of a local copy (the papers' subset size; channels 32, 64, 64)."""
     if args.case == "cnn-digits":
-        data = digits(n=1000, flatten=False, standardize=False)
-        problem = cnn(data, channels=(16, 32), activation="tanh")
+        data = digits(n=500, flatten=False, standardize=False)
+        problem = cnn(data, channels=(8, 16), activation="tanh")
         lr, steps = args.lr or CNN_DIGITS_LR, args.steps or 1000
     else:
         if args.cifar10 is None:

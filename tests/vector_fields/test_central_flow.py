@@ -168,8 +168,12 @@ def test_two_eigenvalues_match_an_independent_sdcp_solve(mlp, edge_run):
     f = mlp.flat_loss
     w = edge_run["params"][-1]  # both eigenvalues on the edge
     field = CentralFlow(
-        problem=mlp, rule=gd_rule(EDGE_LR), num_eigenvalues=2, edge_margin=10.0,
-        restoring_rate=0.0, eigensolver=flows.DenseEigh(),
+        problem=mlp,
+        rule=gd_rule(EDGE_LR),
+        num_eigenvalues=2,
+        edge_margin=10.0,
+        restoring_rate=0.0,
+        eigensolver=flows.DenseEigh(),
     )
     y = (w, None, field.initial_state()[2])
     dw = np.asarray(eqx.filter_jit(lambda fl, y: fl(jnp.asarray(0.0), y, None))(field, y)[0])
@@ -190,7 +194,9 @@ def test_default_integrator_matches_a_tight_generic_integration(mlp, edge_run):
     )
     tight = eqx.filter_jit(
         lambda fl: run_flow(
-            fl, steps, 1,
+            fl,
+            steps,
+            1,
             integrator=flows.Integrator(solver=diffrax.Tsit5(), rtol=1e-9, atol=1e-11),
         )
     )(field)
@@ -201,6 +207,37 @@ def test_default_integrator_matches_a_tight_generic_integration(mlp, edge_run):
     # A generic solver does not refresh the report: NaN after the start, not stale values.
     assert np.isfinite(tight["extras"]["predicted_loss"][0])
     assert np.all(np.isnan(tight["extras"]["predicted_loss"][1:]))
+
+
+def test_cheaper_refinement_options_stay_on_the_default_flow(mlp, edge_run):
+    """float32 HVPs and third derivatives, and a skipped Rayleigh–Ritz expansion once the
+    residuals are small: the same flow to far below the model's own error (percent)."""
+    steps = 60
+
+    @eqx.filter_jit
+    def run(field):
+        return run_flow(field, steps, 1)
+
+    cheap = run(
+        CentralFlow(
+            problem=mlp,
+            rule=gd_rule(EDGE_LR),
+            num_eigenvalues=3,
+            derivative_dtype="float32",
+            refine_rtol=1e-3,
+        )
+    )
+    default = edge_run["params"][: steps + 1]
+    displacement = np.linalg.norm(default - default[0], axis=1)
+    error = np.linalg.norm(cheap["params"] - default, axis=1)
+    assert np.all(error[1:] <= 1e-3 * displacement[1:])
+    assert cheap["params"].dtype == jnp.float64
+    assert np.max(np.asarray(cheap["extras"]["num_at_edge"])) == 2  # it did reach the edge
+    np.testing.assert_allclose(
+        cheap["extras"]["effective_eigenvalues"],
+        edge_run["extras"]["effective_eigenvalues"][: steps + 1],
+        rtol=1e-4,
+    )
 
 
 def test_bad_options_are_rejected(mlp):
@@ -214,6 +251,12 @@ def test_bad_options_are_rejected(mlp):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), refine_iterations=0)
     with pytest.raises(ValueError, match="edge_margin"):
         CentralFlow(problem=mlp, rule=gd_rule(0.1), edge_margin=-0.1)
+    with pytest.raises(ValueError, match="refine_rtol"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), refine_rtol=-1e-3)
+    with pytest.raises(ValueError, match="derivative_dtype must be a floating-point type"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), derivative_dtype="int8")
+    with pytest.raises(ValueError, match="derivative_dtype must be a floating-point type"):
+        CentralFlow(problem=mlp, rule=gd_rule(0.1), derivative_dtype="fp33")
     with pytest.raises(ValueError, match="tableau"):
         CentralFlowSolver(tableau="rk9")
     assert set(TABLEAUS) == {"euler", "heun", "rk3", "rk4"}
@@ -273,8 +316,13 @@ def test_forward_mode_derivative_through_two_edge_eigenvalues(mlp):
         field = CentralFlow(
             problem=mlp, rule=gd_rule(lr), num_eigenvalues=3, eigensolver=flows.DenseEigh()
         )
-        run = run_flow(field, STEPS, integrator=flows.Integrator(
-            solver=diffrax.Tsit5(), dt0=0.25, adjoint=diffrax.ForwardMode()))
+        run = run_flow(
+            field,
+            STEPS,
+            integrator=flows.Integrator(
+                solver=diffrax.Tsit5(), dt0=0.25, adjoint=diffrax.ForwardMode()
+            ),
+        )
         return run["params"][-1]
 
     params, tangent = jax.jit(lambda lr: jax.jvp(final, (lr,), (jnp.ones_like(lr),)))(
