@@ -105,6 +105,15 @@ def _make(apply, fixed, data, loss: Loss, params, dtype, name, loss_min: float) 
     dtype = _problem_dtype(params, dtype)
     x, y, data_name = _data_arrays(data, dtype)
     params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
+    # Fixed floating arrays (batch statistics) in the same dtype; keys and integers kept.
+    fixed = jax.tree_util.tree_map(
+        lambda leaf: (
+            leaf.astype(dtype)
+            if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)
+            else leaf
+        ),
+        fixed,
+    )
     name = f"{name}-{data_name}"
     loss_fn = _bind(_supervised, apply=apply, loss=_loss_function(loss))
     return Problem(
