@@ -134,7 +134,7 @@ def test_fingerprint_tracks_what_matters():
         (("run", "seed"), -1, r"\[run\] seed: expected an integer ≥ 0"),
         (("run", "save_params"), 1, r"\[run\] save_params: expected true or false"),
         (("run", "reference"), "sgd", r"\[run\] reference: 'sgd' is not a method label"),
-        (("problem", "name"), "resnet", r"\[problem\] name: unknown value 'resnet'"),
+        (("problem", "name"), "lstm", r"\[problem\] name: unknown value 'lstm'"),
         (("problem", "name"), ..., r"\[problem\] name: missing"),
         (("problem", "depth"), 3, r"\[problem\] depth: unknown key; problem 'mlp' takes"),
         (("problem", "widths"), 4, r"\[problem\] widths: expected a list, got 4"),
