@@ -19,13 +19,12 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from flows.problem import Problem
 from flows.problems.adapters import from_equinox
 from flows.problems.data import Dataset, check_size, check_sizes
-from flows.problems.networks import ACTIVATIONS, LOSSES, _check_choice
+from flows.problems.networks import ACTIVATIONS, LOSSES, _check_choice, _image_arrays
 
 __all__ = ["ResNet", "VisionTransformer", "resnet", "vit"]
 
@@ -185,20 +184,6 @@ class VisionTransformer(eqx.Module):
         return self.head(jnp.mean(jax.vmap(self.norm)(tokens), axis=0))
 
 
-def _images(data: Dataset, model: str) -> Dataset:
-    x, y = np.asarray(data.x), np.asarray(data.y)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(
-            f"{model} needs NHWC images, got inputs of shape {x.shape} "
-            "(load the data with flatten=False)"
-        )
-    if y.ndim == 1:
-        y = y[:, None]
-    return Dataset(x, y, data.num_classes, data.name)
-
-
 def resnet(
     data: Dataset,
     widths: Sequence[int] = (8, 16),
@@ -220,8 +205,8 @@ def resnet(
     blocks = check_size(blocks, "blocks")
     groups = check_size(groups, "groups")
     seed = check_size(seed, "seed", minimum=0)
-    data = _images(data, "resnet")
-    x, y = data.x, data.y
+    x, y = _image_arrays(data, "resnet")
+    data = Dataset(x, y, data.num_classes, data.name)
     if min(x.shape[1:3]) < 2 ** (len(widths) - 1):
         raise ValueError(f"images of shape {x.shape[1:3]} are too small for {len(widths)} stages")
     model = ResNet(
@@ -257,8 +242,8 @@ def vit(
         )
     )
     seed = check_size(seed, "seed", minimum=0)
-    data = _images(data, "vit")
-    x, y = data.x, data.y
+    x, y = _image_arrays(data, "vit")
+    data = Dataset(x, y, data.num_classes, data.name)
     height, width, channels = x.shape[1:]
     if height % patch or width % patch:
         raise ValueError(f"patch {patch} does not divide the image size {height}×{width}")

@@ -367,6 +367,23 @@ def _cnn_apply(
     return jnp.dot(h, params["dense"]["w"]) + params["dense"]["b"]
 
 
+def _image_arrays(data: Dataset, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """NHWC images ``(n, H, W, C)`` (a missing channel axis added) and targets ``(n, d_out)``
+    of ``data``, checked; a `ValueError` naming ``model`` for flat inputs."""
+    x, y = np.asarray(data.x), np.asarray(data.y)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"{model} needs NHWC images, got inputs of shape {x.shape} "
+            "(load the data with flatten=False)"
+        )
+    if y.ndim == 1:
+        y = y[:, None]
+    _check_data(x, y, data.name)
+    return x, y
+
+
 def cnn(
     data: Dataset,
     channels: Sequence[int] = (8, 16),
@@ -389,19 +406,8 @@ def cnn(
     channels = check_sizes(channels, "channels")
     seed = check_size(seed, "seed", minimum=0)
     dtype = _float_dtype()
-    x = np.asarray(data.x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(
-            f"cnn needs NHWC images, got inputs of shape {x.shape} "
-            "(load the data with flatten=False)"
-        )
+    x, y = _image_arrays(data, "cnn")
     _, height, width, c_in = x.shape
-    y = np.asarray(data.y)
-    if y.ndim == 1:
-        y = y[:, None]
-    _check_data(x, y, data.name)
     x, y = jnp.asarray(x, dtype=dtype), jnp.asarray(y, dtype=dtype)
     height, width = height // 2 ** len(channels), width // 2 ** len(channels)
     if height == 0 or width == 0:
