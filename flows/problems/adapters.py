@@ -56,8 +56,12 @@ def _loss_function(loss: Loss) -> Callable[[Array, Array], Scalar]:
 def _problem_dtype(params: PyTree, dtype) -> Any:
     """The problem's floating dtype: ``dtype`` if given, else the parameters' own."""
     if dtype is not None:
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+        try:
+            floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            raise ValueError(f"dtype must be a floating-point type, got {dtype!r}")
         if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
             raise ValueError(
                 f"dtype {jnp.dtype(dtype)} needs 64-bit JAX: "

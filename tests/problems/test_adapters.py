@@ -218,5 +218,7 @@ def test_bad_input_is_named(flat_digits, image_digits):
         from_flax(_NnxMLP(nnx.Rngs(0)), {"w": 1.0}, flat_digits)
     with pytest.raises(ValueError, match="dtype must be a floating-point type"):
         from_equinox(model, flat_digits, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="dtype must be a floating-point type"):
+        from_equinox(model, flat_digits, dtype="fp33")
     with pytest.raises(ValueError, match="linen or nnx Module"):
         from_flax(model, None, flat_digits)
