@@ -62,8 +62,8 @@ ADAM = {"beta1": 0.9, "beta2": 0.999}
 CASES = {
     "reference, heavy ball": (reference_mlp, "momentum", 0.05, {"beta": 0.9}, 1000),
     "reference, Adam": (reference_mlp, "adam", 0.002, ADAM, 1000),
-    "digits, heavy ball": (digits_mlp, "momentum", 0.15, {"beta": 0.9}, 1000),
-    "digits, Adam": (digits_mlp, "adam", 0.01, ADAM, 1000),
+    "digits, heavy ball": (digits_mlp, "momentum", 0.16, {"beta": 0.9}, 2000),
+    "digits, Adam": (digits_mlp, "adam", 0.004, ADAM, 2300),
 }
 
 
