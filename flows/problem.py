@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree, Scalar
 
-__all__ = ["Problem", "ravel"]
+__all__ = ["Problem", "cast_floating", "ravel"]
 
 
 def ravel(params: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
@@ -43,6 +43,18 @@ def ravel(params: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
         )
 
     return flat, unravel
+
+
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+    """``tree`` with its floating-point arrays cast to ``dtype``; integer arrays, keys and
+    non-array leaves kept."""
+
+    def cast(x):
+        if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def _leaf_name(path) -> str:
@@ -166,10 +178,5 @@ class Problem(eqx.Module):
         the loss and predictions carry (a network's data), so that nothing is promoted
         back to a wider type inside the loss. Integer arrays (labels) are kept."""
 
-        def cast(x):
-            if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
-                return x.astype(dtype)
-            return x
-
         params0 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self.params0)
-        return eqx.tree_at(lambda p: p.params0, jax.tree_util.tree_map(cast, self), params0)
+        return eqx.tree_at(lambda p: p.params0, cast_floating(self, dtype), params0)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree, Scalar
 
-from flows.problem import Problem
+from flows.problem import Problem, cast_floating
 from flows.problems.data import Dataset
 from flows.problems.networks import LOSSES, _bind
 
@@ -110,14 +110,7 @@ def _make(apply, fixed, data, loss: Loss, params, dtype, name, loss_min: float) 
     x, y, data_name = _data_arrays(data, dtype)
     params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
     # Fixed floating arrays (batch statistics) in the same dtype; keys and integers kept.
-    fixed = jax.tree_util.tree_map(
-        lambda leaf: (
-            leaf.astype(dtype)
-            if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)
-            else leaf
-        ),
-        fixed,
-    )
+    fixed = cast_floating(fixed, dtype)
     name = f"{name}-{data_name}"
     loss_fn = _bind(_supervised, apply=apply, loss=_loss_function(loss))
     return Problem(

@@ -428,7 +428,9 @@ class CentralFlow(VectorField):
         refine_rtol: skip a Rayleigh–Ritz expansion (a block of HVPs) when the top k
             residuals are already below ``refine_rtol · max|θ|`` (0: always expand).
         derivative_dtype: dtype of the eigenvector refinement's HVPs and of the third
-            derivatives (e.g. ``"float32"`` in a float64 run; default: the run's).
+            derivatives (e.g. ``"float32"`` in a float64 run; default: the run's). For
+            momentum rules the derivatives along the flow inside their second-order
+            edge system stay in the run's dtype.
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
         newton_steps: momentum rules only: Newton steps on their second-order stability
