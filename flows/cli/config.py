@@ -401,6 +401,7 @@ _OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "guard": (lambda v: v >= 0, "a non-negative integer"),
     "refine_iterations": (lambda v: v >= 1, "a positive integer"),
     "refine_rtol": (lambda v: v >= 0, "a non-negative number"),
+    "refresh_interval": (lambda v: v >= 1, "a positive integer"),
     "edge_margin": (lambda v: v >= 0, "a non-negative number"),
     "num_matvecs": (lambda v: v >= 1, "a positive integer"),
     "codim": (lambda v: v >= 1, "a positive integer"),

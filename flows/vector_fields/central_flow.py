@@ -64,7 +64,10 @@ solver, `CentralFlowSolver`, is classic RK4 with one step per GD step that carri
 eigenvectors in its state and refines them once per step from the previous ones
 (warm-started block Rayleigh–Ritz, `flows.linalg.rayleigh_ritz`), holds the eigen-basis
 fixed over the stages, and computes third derivatives only for the eigenvalues at the
-edge. Everything is pure JAX (jit, vmap over learning rates, no host callbacks).
+edge. With ``refresh_interval = m`` it holds the basis and the third derivatives over m
+steps instead of one (``UᵀHU`` carried to first order in w), which divides the two most
+expensive parts of a step at the edge by m. Everything is pure JAX (jit, vmap over
+learning rates, no host callbacks).
 
 **Derivatives** (forward mode, ``adjoint=diffrax.ForwardMode()`` in `flows.run_flow`): X
 has the implicit derivative of the complementarity problem (`flows.linalg.solve_sdcp`);
@@ -433,6 +436,14 @@ class CentralFlow(VectorField):
             edge system stay in the run's dtype.
         stage_third_derivatives: recompute ``g_ij`` at every Runge–Kutta stage (else the
             step start's are used at every stage).
+        refresh_interval: `CentralFlowSolver` refines the eigenvectors and recomputes
+            ``g_ij`` every this many steps (1: every step). In between, U and ``g_ij``
+            are held, as over the Runge–Kutta stages of one step, and ``UᵀHU`` is carried
+            to first order in w (``d(u_iᵀHu_j) = ⟨g_ij, dw⟩``): the eigenvalues of the
+            active set are those of that matrix, the others those of the last refresh.
+            Every step is refreshed while an eigenvalue outside the active set may enter
+            it (extrapolated at twice its last rate). No saving in a sweep (both branches
+            run).
         newton_steps: momentum rules only: Newton steps on their second-order stability
             condition, quadratic in X (`momentum_edge_system`); one is exact for heavy
             ball, two bring Adam and Nesterov to rounding on the analytic tests.
@@ -452,6 +463,7 @@ class CentralFlow(VectorField):
     refine_rtol: float = eqx.field(static=True, default=0.0)
     derivative_dtype: str | None = eqx.field(static=True, default=None)
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
+    refresh_interval: int = eqx.field(static=True, default=1)
     newton_steps: int = eqx.field(static=True, default=2)
     eigensolver: EigenSolver | None = None
 
@@ -462,7 +474,8 @@ class CentralFlow(VectorField):
 
     def __check_init__(self):
         for name, least in (
-            ("num_eigenvalues", 1), ("guard", 0), ("refine_iterations", 1), ("newton_steps", 1)
+            ("num_eigenvalues", 1), ("guard", 0), ("refine_iterations", 1), ("newton_steps", 1),
+            ("refresh_interval", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -541,6 +554,30 @@ class CentralFlow(VectorField):
         )
         values, vectors = values.astype(w.dtype), vectors.astype(w.dtype)
         return self._geometry(p_inv, values, vectors)
+
+    def _entering(self, geometry: _Geometry, stale, rates, steps) -> Array:
+        """Whether an eigenvalue outside the active set may enter it within a step: a held
+        basis would not see it (its curvature is not carried, it has no ``g_ij``). Its
+        value at the last refresh (``stale``) is extrapolated ``steps`` ahead at twice the
+        rate it rose at between the last two refreshes (``rates``)."""
+        size = self.edge_size
+        predicted = stale[:size] + 2.0 * jnp.maximum(rates[:size], 0.0) * steps
+        inactive = jnp.arange(size) >= geometry.num_active
+        entry = self.rule.stability_threshold * (1.0 - 0.5 * self.edge_margin)
+        return jnp.any(inactive & (predicted >= entry))
+
+    def _held_geometry(self, t, w, state, geometry: _Geometry, curvature) -> _Geometry:
+        """The basis U held at w with ``curvature = UᵀH(w)U``: the same vectors and edge
+        block, the eigenvalues of the edge block those of the pencil ``(UᵀHU, UᵀPU)``
+        (of P⁻¹H on span U), the others as they were."""
+        f = self.problem.flat_loss
+        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
+        factor = jnp.linalg.cholesky(_quadratic_form(geometry.u, 1.0 / p_inv))
+        reduced = jax.scipy.linalg.solve_triangular(factor, curvature, lower=True)
+        reduced = jax.scipy.linalg.solve_triangular(factor, reduced.T, lower=True)
+        edge = jnp.linalg.eigvalsh(0.5 * (reduced + reduced.T))[::-1]
+        values = geometry.values.at[: self.edge_size].set(edge)
+        return _Geometry(geometry.vectors, values, geometry.u, geometry.num_active)
 
     def _low_precision(self, w):
         """The loss and dtype of the eigenvector refinement and third derivatives:
@@ -700,6 +737,10 @@ class _SolverState(eqx.Module):
     geometry: _Geometry
     first: _Evaluation
     has_first: Array
+    curvature: Array  # UᵀH(w)U at the current point, U = geometry.u
+    held_steps: Array  # steps since the last refinement of the eigenvectors
+    refreshed_values: Array  # the eigenvalues at the last refinement
+    rates: Array  # their rates per step between the last two refinements
 
 
 class CentralFlowSolver(diffrax.AbstractSolver):
@@ -712,9 +753,12 @@ class CentralFlowSolver(diffrax.AbstractSolver):
     Taylor expansion in w — and then, at the new point w₁, refines the eigenvectors
     from U₀ (``refine_iterations`` block Rayleigh–Ritz iterations) and evaluates the
     rates there, which are both the report at w₁ (the `EdgeSummary` in y₁) and the first
-    stage of the next step. Cost per step: one block Rayleigh–Ritz refinement, four
-    gradients, four third-derivative sets (r(r+1)/2 gradients for r eigenvalues at the
-    edge, none in the stable phase) and four small complementarity problems.
+    stage of the next step. Cost per step: one block Rayleigh–Ritz refinement (two blocks
+    of HVPs), four gradients, one third-derivative set (r(r+1)/2 gradients of ``uᵀHv``
+    for r eigenvalues at the edge, none in the stable phase) and four small
+    complementarity problems; with ``CentralFlow.refresh_interval = m`` the refinement
+    and the third derivatives once per m steps, the basis held in between (as over the
+    stages).
 
     Use it with a constant step ``dt0`` (1 by default in `flows.run_flow`) dividing the
     save interval; ``restoring_rate · dt0 ≤ 1`` keeps the restoring term stable.
@@ -748,7 +792,11 @@ class CentralFlowSolver(diffrax.AbstractSolver):
             jax.tree_util.tree_map(jnp.zeros_like, s0),
             jnp.zeros((size, size) + w0.shape, w0.dtype),
         )
-        return _SolverState(geometry, first, jnp.asarray(False))
+        curvature = jnp.diag(geometry.values[:size])
+        return _SolverState(
+            geometry, first, jnp.asarray(False), curvature, jnp.asarray(0), geometry.values,
+            jnp.zeros_like(geometry.values),
+        )
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -762,8 +810,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         h = t1 - t0
         a, c = (jnp.asarray(x, dtype=h.dtype) for x in TABLEAUS[self.tableau])
         last = a.shape[0] - 1
-        size = field.edge_size
-        curvature0 = jnp.diag(geometry0.values[:size])
+        curvature0 = solver_state.curvature
 
         def advance(y, rates, weights):
             return jax.tree_util.tree_map(
@@ -802,15 +849,43 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         k_s = jax.tree_util.tree_map(
             lambda x: jnp.zeros((stages + 1,) + jnp.shape(x), jnp.result_type(x)), s0
         )
-        (k_w, k_s, _), _ = jax.lax.scan(stage, (k_w, k_s, first.third), jnp.arange(stages))
-        # The new point: refined eigenvectors, its rates (the next step's first stage)
-        # and the report.
+        (k_w, k_s, third0), _ = jax.lax.scan(
+            stage, (k_w, k_s, first.third), jnp.arange(stages)
+        )
+        # The new point: refined eigenvectors (or those held, see `refresh_interval`), its
+        # rates (the next step's first stage) and the report.
         w1 = advance(w0, k_w, a[last])
         s1 = advance(s0, k_s, a[last])
-        geometry1 = field._refined_geometry(t1, w1, s1, geometry0.vectors)
-        evaluation1, report = field._evaluate(t1, w1, s1, geometry1)
+
+        since = solver_state.held_steps + 1  # steps since the last refinement, at w₁
+
+        def refreshed():
+            geometry1 = field._refined_geometry(t1, w1, s1, geometry0.vectors)
+            evaluation1, report = field._evaluate(t1, w1, s1, geometry1)
+            rates = (geometry1.values - solver_state.refreshed_values) / since
+            return geometry1, evaluation1, report, jnp.asarray(0), geometry1.values, rates
+
+        def held():
+            curvature1 = curvature0 + jnp.einsum("ijn,n->ij", third0, w1 - w0)
+            geometry1 = field._held_geometry(t1, w1, s1, geometry0, curvature1)
+            evaluation1, report = field._evaluate(t1, w1, s1, geometry1, curvature1, third0)
+            return (geometry1, evaluation1, report, since, solver_state.refreshed_values,
+                    solver_state.rates)
+
+        if field.refresh_interval == 1:
+            outcome = refreshed()
+        else:
+            entering = field._entering(
+                geometry0, solver_state.refreshed_values, solver_state.rates, since + 1
+            )
+            due = since >= field.refresh_interval
+            outcome = jax.lax.cond(due | entering, refreshed, held)
+        geometry1, evaluation1, report, held_steps, refreshed_values, rates = outcome
         y1 = (w1, s1, field._summary(t1, geometry1, report))
-        state1 = _SolverState(geometry1, evaluation1, jnp.asarray(True))
+        state1 = _SolverState(
+            geometry1, evaluation1, jnp.asarray(True), report.curvature, held_steps,
+            refreshed_values, rates,
+        )
         return y1, None, dict(y0=y0, y1=y1), state1, diffrax.RESULTS.successful
 
 
