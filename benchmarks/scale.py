@@ -22,6 +22,7 @@ resident set on a CPU (``ru_maxrss``, compilation included), the device's
     python benchmarks/scale.py                       # every size, CPU (float32)
     python benchmarks/scale.py --sizes 10k 100k      # a subset
     python benchmarks/scale.py --device gpu          # the same on an accelerator
+    python benchmarks/scale.py --methods central_flow --options '{"refresh_interval": 4}'
 
 writes ``results.json`` and ``table.md`` to ``--out`` (default ``runs/scale/``).
 """
@@ -52,7 +53,7 @@ STEPS = {"gd": 400, "gradient_flow": 100, "central_flow": 20}
 WARMUP = 5
 
 
-def child(size: str, method: str, steps: int, dtype: str) -> dict:
+def child(size: str, method: str, steps: int, dtype: str, options: dict) -> dict:
     """One measurement, in this process (called in a fresh subprocess)."""
     import jax
 
@@ -74,7 +75,8 @@ def child(size: str, method: str, steps: int, dtype: str) -> dict:
     lr = (2.2 if method == "central_flow" else 1.8) / top
     # Time steps WARMUP .. WARMUP + steps: the difference of two runs, so that the first
     # step's from-scratch eigensolve (the central flow's) is not spread over the rest.
-    runs = [flows.simulate(problem, method, lr=lr, steps=count) for count in
+    options = options if method == "central_flow" else {}
+    runs = [flows.simulate(problem, method, lr=lr, steps=count, **options) for count in
             (WARMUP, WARMUP + steps)]
     run = runs[1]
     done = int(run.stopped_at) if int(run.stopped_at) >= 0 else WARMUP + steps
@@ -82,7 +84,7 @@ def child(size: str, method: str, steps: int, dtype: str) -> dict:
         raise RuntimeError(f"{method} stopped at step {done}: {run.status}")
     record = {
         "size": size,
-        "method": method,
+        "method": method + "".join(f", {k}={v}" for k, v in options.items()),
         "params": problem.num_params,
         "dtype": dtype,
         "device": str(jax.devices()[0].device_kind),
@@ -105,12 +107,12 @@ def child(size: str, method: str, steps: int, dtype: str) -> dict:
     return record
 
 
-def measure(size: str, method: str, steps: int, dtype: str, device: str) -> dict:
+def measure(size: str, method: str, steps: int, dtype: str, device: str, options: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env["JAX_PLATFORMS"] = "cuda" if device == "gpu" else "cpu"
     command = [sys.executable, __file__, "--child", size, method, "--steps", str(steps),
-               "--dtype", dtype]
+               "--dtype", dtype, "--options", json.dumps(options)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-5:]
@@ -147,17 +149,21 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="steps per method (default: "
                         + ", ".join(f"{m} {s}" for m, s in STEPS.items()) + ")")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='central-flow options as JSON, e.g. \'{"refresh_interval": 4}\'')
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "scale")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         size, method = args.child
-        print(json.dumps(child(size, method, args.steps or STEPS[method], args.dtype)))
+        print(json.dumps(child(size, method, args.steps or STEPS[method], args.dtype,
+                               args.options)))
         return
     records = []
     for size in args.sizes:
         for method in args.methods:
-            record = measure(size, method, args.steps or STEPS[method], args.dtype, args.device)
+            record = measure(size, method, args.steps or STEPS[method], args.dtype, args.device,
+                             args.options)
             records.append(record)
             print(json.dumps(record), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
