@@ -40,10 +40,10 @@ jax.config.update("jax_enable_x64", True)
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from central_flow_vs_gd import accuracy  # noqa: E402
+from central_flow_vs_gd import accuracy, digits_case  # noqa: E402
 
 import flows  # noqa: E402
-from flows.problems import digits, mlp, reference_mlp  # noqa: E402
+from flows.problems import reference_mlp  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -58,10 +58,6 @@ VARIANTS = {
     },
 }
 CHECKPOINT_STEP = 860
-
-
-def digits_case():
-    return mlp(digits(n=200, standardize=False), [150], activation="tanh", loss="mse"), 0.062
 
 
 def run_times(problem, method, lr, lengths, **options) -> tuple[dict, flows.Trajectory]:

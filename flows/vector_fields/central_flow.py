@@ -533,17 +533,21 @@ class CentralFlow(VectorField):
         u = _scale_columns(p_inv, vectors[:, : self.edge_size])
         return _Geometry(vectors, values, u, num_active)
 
+    def _p_inv(self, t, w, state):
+        """The rule's ``P⁻¹`` at (t, w, s), for the eigen-basis (no gradient at hand)."""
+        f = self.problem.flat_loss
+        return self.rule.p_inv(t, state, f, w, gradient(f)(w))
+
     def _exact_geometry(self, t, w, state) -> _Geometry:
         f = self.problem.flat_loss
-        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
+        p_inv = self._p_inv(t, w, state)
         pairs = top_eigenpairs(
             f, w, self.block_size, eigensolver=self._exact_eigensolver(), p_inv=p_inv
         )
         return self._geometry(p_inv, pairs.values, pairs.vectors)
 
     def _refined_geometry(self, t, w, state, vectors) -> _Geometry:
-        f = self.problem.flat_loss
-        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
+        p_inv = self._p_inv(t, w, state)
         f_low, low = self._low_precision(w)
         values, vectors, _, _ = block_rayleigh_ritz(
             preconditioned_hvp(f_low, w.astype(low), jnp.asarray(p_inv, low)),
@@ -570,8 +574,7 @@ class CentralFlow(VectorField):
         """The basis U held at w with ``curvature = UᵀH(w)U``: the same vectors and edge
         block, the eigenvalues of the edge block those of the pencil ``(UᵀHU, UᵀPU)``
         (of P⁻¹H on span U), the others as they were."""
-        f = self.problem.flat_loss
-        p_inv = self.rule.p_inv(t, state, f, w, gradient(f)(w))
+        p_inv = self._p_inv(t, w, state)
         factor = jnp.linalg.cholesky(_quadratic_form(geometry.u, 1.0 / p_inv))
         reduced = jax.scipy.linalg.solve_triangular(factor, curvature, lower=True)
         reduced = jax.scipy.linalg.solve_triangular(factor, reduced.T, lower=True)
