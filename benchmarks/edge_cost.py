@@ -7,7 +7,7 @@ Two measurements, for the default `CentralFlow` and for variants of its options
 1. **At the edge**: the digits MLP of ``central_flow_vs_gd.py`` (64-150-10 tanh, ½‖f − y‖²,
    200 digits, 11,260 parameters, η = 0.062) restarted from its central flow's point at step
    860, where two eigenvalues are at 2/η and a third within the margin. Time per step:
-   the difference of a 45-step and a 5-step run (so compilation and the first, from-scratch
+   the difference of a 105-step and a 5-step run (so compilation and the first, from-scratch
    eigensolve drop out), each the best of ``--repeats`` interleaved with the others; GD's
    the same way (2100 − 100 steps) in the same process, so the ratio is of one run. Both
    are `flows.simulate` runs saving every step (GD's also evaluates the loss there); the
@@ -58,6 +58,8 @@ VARIANTS = {
     },
 }
 CHECKPOINT_STEP = 860
+# Run lengths whose difference times a step: the central flow's, GD's.
+FLOW_LENGTHS, GD_LENGTHS = (5, 105), (100, 2100)
 
 
 def run_times(problem, method, lr, lengths, **options) -> tuple[dict, flows.Trajectory]:
@@ -99,8 +101,8 @@ def at_edge(out: Path, repeats: int) -> dict:
     best: dict = {}
     edges = {}
     for _ in range(repeats):
-        for name, method, lengths, options in [("gd", "gd", (100, 2100), {})] + [
-            (name, "central_flow", (5, 45), options) for name, options in VARIANTS.items()
+        for name, method, lengths, options in [("gd", "gd", GD_LENGTHS, {})] + [
+            (name, "central_flow", FLOW_LENGTHS, options) for name, options in VARIANTS.items()
         ]:
             times, run = run_times(problem, method, lr, lengths, **options)
             for steps, seconds in times.items():
@@ -108,12 +110,13 @@ def at_edge(out: Path, repeats: int) -> dict:
             if method == "central_flow":
                 edges[name] = float(np.mean(np.asarray(run.extras["num_at_edge"])[5:]))
         best["bare", 2000] = min(best.get(("bare", 2000), np.inf), bare_gd_time(problem, lr))
-    gd = (best["gd", 2100] - best["gd", 100]) / 2000
+    gd = (best["gd", GD_LENGTHS[1]] - best["gd", GD_LENGTHS[0]]) / (GD_LENGTHS[1] - GD_LENGTHS[0])
     bare = best["bare", 2000] / 2000
     rows = {"gd_ms_per_step": 1e3 * gd, "bare_gd_ms_per_step": 1e3 * bare}
     print(f"at the edge: GD {1e3 * gd:.3f} ms/step ({1e3 * bare:.3f} bare)", flush=True)
     for name in VARIANTS:
-        seconds = (best[name, 45] - best[name, 5]) / 40
+        short, long = FLOW_LENGTHS
+        seconds = (best[name, long] - best[name, short]) / (long - short)
         rows[name] = {"ms_per_step": 1e3 * seconds, "ratio": seconds / gd,
                       "ratio_to_bare": seconds / bare, "at_edge": edges[name]}
         print(f"  {name}: {1e3 * seconds:.2f} ms/step, {seconds / gd:.1f}× GD "
@@ -184,15 +187,15 @@ def table(results: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/edge_cost"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"platform": platform.platform(), "devices": str(jax.devices())}}
     results["at_edge"] = at_edge(args.out, args.repeats)
     previous = args.out / "results.json"
-    if args.skip_accuracy and previous.exists():  # keep the earlier run's accuracy tables
-        earlier = json.loads(previous.read_text())
+    if args.skip_accuracy:  # keep the earlier run's accuracy tables, if any
+        earlier = json.loads(previous.read_text()) if previous.exists() else {}
         results.update({k: earlier[k] for k in ("digits", "reference") if k in earlier})
     else:
         results["digits"] = accuracy_case("digits", *digits_case())

@@ -53,16 +53,14 @@ STEPS = {"gd": 400, "gradient_flow": 100, "central_flow": 20}
 WARMUP = 5
 
 
-def child(size: str, method: str, steps: int, dtype: str, options: dict) -> dict:
-    """One measurement, in this process (called in a fresh subprocess)."""
+def build(size: str, dtype: str):
+    """The problem of ``size`` in ``dtype``, its initial sharpness λ₁ and the seconds it took."""
     import jax
 
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    import numpy as np
 
-    import flows
     from flows.linalg import sharpness
     from flows.problems import PROBLEMS, digits
 
@@ -71,7 +69,17 @@ def child(size: str, method: str, steps: int, dtype: str, options: dict) -> dict
     problem = PROBLEMS[kind](data, activation="tanh", **kwargs).astype(jnp.dtype(dtype))
     start = time.perf_counter()
     top = float(jax.jit(lambda p: sharpness(p.flat_loss, p.w0))(problem))
-    sharpness_seconds = time.perf_counter() - start
+    return problem, top, time.perf_counter() - start
+
+
+def child(size: str, method: str, steps: int, dtype: str, options: dict) -> dict:
+    """One measurement, in this process (called in a fresh subprocess)."""
+    problem, top, sharpness_seconds = build(size, dtype)
+    import jax
+    import numpy as np
+
+    import flows
+
     lr = (2.2 if method == "central_flow" else 1.8) / top
     # Time steps WARMUP .. WARMUP + steps: the difference of two runs, so that the first
     # step's from-scratch eigensolve (the central flow's) is not spread over the rest.

@@ -123,15 +123,32 @@ def _pair_order(k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def _pair_gram(a: Array, b: Array) -> Array:
-    """``einsum("ijn,kln->ijkl", a, b)`` for a and b symmetric in (i, j): the k(k+1)/2
-    distinct pairs only (a 15×15 instead of a 25×25 Gram matrix for k = 5)."""
-    k = a.shape[0]
+def _pair_index(k: int) -> np.ndarray:
+    """``index[i, j]``: the position of the pair (min(i, j), max(i, j)) in `_pair_order`."""
     rows, cols = _pair_order(k)
     index = np.zeros((k, k), dtype=int)
     index[rows, cols] = index[cols, rows] = np.arange(rows.size)
-    gram = a[rows, cols] @ b[rows, cols].T
-    return gram[index[:, :, None, None], index[None, None, :, :]]
+    return index
+
+
+def _unpack(pairs: Array, k: int) -> Array:
+    """The symmetric k×k (leading axes) from its k(k+1)/2 pairs (`_pair_order`)."""
+    return pairs[_pair_index(k)]
+
+
+def _contract(x: Array, pairs: Array) -> Array:
+    """``Σ_kl X_kl g_kl`` for g symmetric in (k, l), stored as pairs (`_pair_order`):
+    ``Σ_{k≤l} (X_kl + X_lk) g_kl``, the diagonal counted once (any X, not only symmetric)."""
+    rows, cols = _pair_order(x.shape[0])
+    weights = jnp.where(rows == cols, x[rows, cols], (x + x.T)[rows, cols])
+    return weights @ pairs
+
+
+def _pair_gram(a: Array, b: Array, k: int) -> Array:
+    """``⟨a_ij, b_kl⟩`` as a k×k×k×k array, from a and b stored as pairs: a 15×15 Gram
+    matrix for k = 5, not 25×25."""
+    index = _pair_index(k)
+    return (a @ b.T)[index[:, :, None, None], index[None, None, :, :]]
 
 
 def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
@@ -142,7 +159,8 @@ def _pad(x: Array, size: int, axes: tuple[int, ...]) -> Array:
 
 
 def _active_third_derivatives(f, w, u, num_active: Int[Array, ""]) -> Array:
-    """``g_ij = ∇_w(u_iᵀ H(w) u_j)`` for the top ``num_active`` columns of u, zero elsewhere.
+    """``g_ij = ∇_w(u_iᵀ H(w) u_j)`` for the top ``num_active`` columns of u, zero elsewhere,
+    one row per pair i ≤ j (`_pair_order`: k(k+1)/2 rows, not k×k; g is symmetric).
 
     A loop of ``r(r+1)/2`` iterations (r = ``num_active``, a traced value): only the
     pairs at the edge are differentiated, none in the stable phase.
@@ -151,12 +169,10 @@ def _active_third_derivatives(f, w, u, num_active: Int[Array, ""]) -> Array:
     rows, cols = (jnp.asarray(x) for x in _pair_order(k))
 
     def pair(q, acc):
-        i, j = rows[q], cols[q]
-        g_ij = hessian_quadratic_form_grad(f, w, u[:, i], u[:, j])
-        return acc.at[i, j].set(g_ij).at[j, i].set(g_ij)
+        return acc.at[q].set(hessian_quadratic_form_grad(f, w, u[:, rows[q]], u[:, cols[q]]))
 
     count = num_active * (num_active + 1) // 2
-    return jax.lax.fori_loop(0, count, pair, jnp.zeros((k, k, n), w.dtype))
+    return jax.lax.fori_loop(0, count, pair, jnp.zeros((rows.size, n), w.dtype))
 
 
 def _solve_active(alpha: Array, beta: Array, num_active: Int[Array, ""]):
@@ -221,7 +237,7 @@ def _flow_rates(rule, f, t, w, state, g, p_inv, u, third, x):
     ``E[g⊙g] = g⊙g + c²P² diag Σ``.
     """
     threshold = rule.stability_threshold
-    expected_grad = g + 0.5 * jnp.einsum("kl,kln->n", x, third)
+    expected_grad = g + 0.5 * _contract(x, third)
     diag_sigma = jnp.einsum("kl,nk,nl->n", x, u, u)
     grad_sq = g * g + threshold**2 / p_inv**2 * diag_sigma
     dw, ds = rule.velocity(t, state, f, w, expected_grad, grad_sq)
@@ -236,10 +252,11 @@ def edge_system(
     state: PyTree,
     g: Float[Array, " n"],
     u: Float[Array, "n k"],
-    third: Float[Array, "k k n"],
+    third: Float[Array, "pairs n"],
 ) -> EdgeSystem:
     """`EdgeSystem` of a preconditioned rule at ``(t, w, s)`` for the basis u and
-    ``third = g_ij``, assembled from its pieces.
+    ``third = g_ij`` (one row per pair i ≤ j, `_active_third_derivatives`), assembled from
+    its pieces.
 
     Generic in the rule: ``P⁻¹`` is ``rule.p_inv``, the state rate comes from
     ``rule.derivative`` (linearised in ``E[g⊙g]``, exact for RMSProp-type rules), and
@@ -247,12 +264,14 @@ def edge_system(
     For GD all the Ṗ terms vanish identically.
     """
     k = u.shape[1]
+    rows, cols = _pair_order(k)
     threshold = rule.stability_threshold
     p_inv = rule.p_inv(t, state, f, w, g)
     dw0 = -p_inv * g
+    # X's terms, like g_ij, are symmetric in (k, l): one per pair k ≤ l.
     dw_x = -0.5 * p_inv * third
     # The oscillation δ ∈ span(U) has Hδ = cPδ at the edge: E[(Hδ)⊙(Hδ)] = c²P² diag(Σ).
-    grad_sq_x = threshold**2 / p_inv**2 * (u.T[:, None, :] * u.T[None, :, :])
+    grad_sq_x = threshold**2 / p_inv**2 * (u.T[rows] * u.T[cols])
 
     def state_rate(grad_sq):
         return rule.derivative(t, state, f, w, g, grad_sq)[1]
@@ -266,14 +285,13 @@ def edge_system(
         dp_inv = jax.jvp(p_inv_at, (t, state, w), (dt, ds, dw))[1]
         return -dp_inv / p_inv**2
 
-    n = w.shape[0]
-    ds_x = jax.vmap(state_rate_linear)(grad_sq_x.reshape(k * k, n))
+    ds_x = jax.vmap(state_rate_linear)(grad_sq_x)
     zero_t = jnp.zeros_like(t)
-    dprecond_x = jax.vmap(lambda ds, dw: d_precond(zero_t, ds, dw))(ds_x, dw_x.reshape(k * k, n))
+    dprecond_x = jax.vmap(lambda ds, dw: d_precond(zero_t, ds, dw))(ds_x, dw_x)
     dprecond_0 = d_precond(jnp.ones_like(t), ds0, dw0)
-    a0 = threshold * _quadratic_form(u, dprecond_0) - jnp.einsum("ijn,n->ij", third, dw0)
-    beta_p = jax.vmap(lambda d: _quadratic_form(u, d))(dprecond_x).reshape(k, k, k, k)
-    beta = threshold * jnp.transpose(beta_p, (2, 3, 0, 1)) - _pair_gram(third, dw_x)
+    a0 = threshold * _quadratic_form(u, dprecond_0) - _unpack(third @ dw0, k)
+    beta_p = _unpack(jax.vmap(lambda d: _quadratic_form(u, d))(dprecond_x), k)  # [k, l, i, j]
+    beta = threshold * jnp.transpose(beta_p, (2, 3, 0, 1)) - _pair_gram(third, dw_x, k)
     return EdgeSystem(a0, beta)
 
 
@@ -379,7 +397,8 @@ class _Geometry(eqx.Module):
 
 
 class _Evaluation(eqx.Module):
-    """The flow's rates at one point, and its third derivatives (for the next stages)."""
+    """The flow's rates at one point, and its third derivatives (for the next stages;
+    one row per pair, `_active_third_derivatives`)."""
 
     dw: Array
     ds: PyTree
@@ -793,7 +812,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         first = _Evaluation(
             jnp.zeros_like(w0),
             jax.tree_util.tree_map(jnp.zeros_like, s0),
-            jnp.zeros((size, size) + w0.shape, w0.dtype),
+            jnp.zeros((size * (size + 1) // 2,) + w0.shape, w0.dtype),
         )
         curvature = jnp.diag(geometry.values[:size])
         return _SolverState(
@@ -836,7 +855,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
                 )
                 start = jnp.where(i == 0, third, third0)
                 # U held at U₀: u_iᵀH(w)u_j to second order in w − w₀ (d/dw = g_ij).
-                curvature = curvature0 + 0.5 * jnp.einsum("ijn,n->ij", start + third, w - w0)
+                curvature = curvature0 + 0.5 * _unpack((start + third) @ (w - w0), field.edge_size)
                 return field._evaluate(t, w, state, geometry0, curvature, third)[0]
 
             evaluation = jax.lax.cond(
@@ -869,7 +888,7 @@ class CentralFlowSolver(diffrax.AbstractSolver):
             return geometry1, evaluation1, report, jnp.asarray(0), geometry1.values, rates
 
         def held():
-            curvature1 = curvature0 + jnp.einsum("ijn,n->ij", third0, w1 - w0)
+            curvature1 = curvature0 + _unpack(third0 @ (w1 - w0), field.edge_size)
             geometry1 = field._held_geometry(t1, w1, s1, geometry0, curvature1)
             evaluation1, report = field._evaluate(t1, w1, s1, geometry1, curvature1, third0)
             return (geometry1, evaluation1, report, since, solver_state.refreshed_values,

@@ -12,13 +12,46 @@ import pytest
 
 import flows
 from flows.integrate import run_flow
-from flows.vector_fields.central_flow import TABLEAUS, CentralFlow, CentralFlowSolver
+from flows.vector_fields.central_flow import (
+    TABLEAUS,
+    CentralFlow,
+    CentralFlowSolver,
+    _contract,
+    _pair_gram,
+    _pair_order,
+    _unpack,
+)
 from tests.helpers import quadratic_problem, tanh_mlp_problem
 from tests.linalg.test_sdcp import scipy_qp
 
 STEPS = 100
 EDGE_LR = 0.7  # the tiny network sharpens until one, then two eigenvalues reach 2/η
 STABLE_LR = 0.3
+
+
+def test_third_derivatives_stored_per_pair_match_the_dense_array():
+    """g_ij is kept once per pair i ≤ j; every contraction with it against the dense,
+    symmetric k×k×n array, X not symmetric (the momentum rules' linearisation basis)."""
+    k, n = 4, 7
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(k, k, n))
+    dense = dense + dense.transpose(1, 0, 2)
+    other = rng.normal(size=(k, k, n))
+    other = other + other.transpose(1, 0, 2)
+    rows, cols = _pair_order(k)
+    pairs, other_pairs = dense[rows, cols], other[rows, cols]
+    x = rng.normal(size=(k, k))
+    v = rng.normal(size=n)
+    np.testing.assert_allclose(_unpack(jnp.asarray(pairs), k), dense, rtol=1e-12)
+    np.testing.assert_allclose(_unpack(jnp.asarray(pairs @ v), k), dense @ v, rtol=1e-12)
+    np.testing.assert_allclose(
+        _contract(jnp.asarray(x), jnp.asarray(pairs)), np.einsum("kl,kln->n", x, dense),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        _pair_gram(jnp.asarray(pairs), jnp.asarray(other_pairs), k),
+        np.einsum("ijn,kln->ijkl", dense, other), rtol=1e-12,
+    )
 
 
 def gd_rule(lr):
