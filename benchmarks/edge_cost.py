@@ -44,6 +44,7 @@ from central_flow_vs_gd import accuracy, digits_case  # noqa: E402
 
 import flows  # noqa: E402
 from flows.problems import reference_mlp  # noqa: E402
+from flows.results import atomic_write_bytes  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -202,8 +203,8 @@ def main():
         results["reference"] = accuracy_case("reference", reference_mlp(), 0.1)
     text = table(results)
     print(text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_bytes(args.out / "table.md", text.encode())
+    atomic_write_bytes(args.out / "results.json", json.dumps(results, indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -177,9 +177,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.device}"
     text = f"Machine: {machine}; dtype {args.dtype}\n\n{table(records)}\n"
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"machine": machine, "records": records}, indent=1))
+    from flows.results import atomic_write_bytes
+
+    atomic_write_bytes(args.out / "table.md", text.encode())
+    atomic_write_bytes(args.out / "results.json", json.dumps(
+        {"machine": machine, "records": records}, indent=1).encode())
     print(text)
 
 
