@@ -44,7 +44,7 @@ from central_flow_vs_gd import accuracy, digits_case  # noqa: E402
 
 import flows  # noqa: E402
 from flows.problems import reference_mlp  # noqa: E402
-from flows.results import atomic_write_bytes  # noqa: E402
+from flows.results import atomic_write_bytes, save_json  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -204,7 +204,7 @@ def main():
     text = table(results)
     print(text)
     atomic_write_bytes(args.out / "table.md", text.encode())
-    atomic_write_bytes(args.out / "results.json", json.dumps(results, indent=2).encode())
+    save_json(args.out / "results.json", results)
 
 
 if __name__ == "__main__":

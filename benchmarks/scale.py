@@ -149,6 +149,20 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machine(device: str) -> str:
+    """This machine in words, for the tables: architecture, CPU count, device."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {device}"
+
+
+def save(out: Path, table_name: str, data_name: str, text: str, data: dict) -> None:
+    """``<table_name>.md`` (text) and ``<data_name>.json`` (data) in ``out``, atomically."""
+    from flows.results import atomic_write_bytes, save_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{table_name}.md", text.encode())
+    save_json(out / f"{data_name}.json", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
@@ -174,14 +188,9 @@ def main() -> None:
                              args.options)
             records.append(record)
             print(json.dumps(record), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {args.device}"
-    text = f"Machine: {machine}; dtype {args.dtype}\n\n{table(records)}\n"
-    from flows.results import atomic_write_bytes
-
-    atomic_write_bytes(args.out / "table.md", text.encode())
-    atomic_write_bytes(args.out / "results.json", json.dumps(
-        {"machine": machine, "records": records}, indent=1).encode())
+    text = f"Machine: {machine(args.device)}; dtype {args.dtype}\n\n{table(records)}\n"
+    save(args.out, "table", "results", text, {"machine": machine(args.device),
+                                              "records": records})
     print(text)
 
 

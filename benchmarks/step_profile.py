@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-from scale import ROOT, SIZES, build
+from scale import ROOT, SIZES, build, machine, save
 
 PIECES = ("gradient", "hvp", "refinement", "third derivatives", "evaluation", "held geometry")
 
@@ -126,16 +124,11 @@ def main() -> None:
     if not 1 <= args.active <= 5:
         parser.error(f"--active must be between 1 and 5 (the tracked eigenvalues), "
                      f"got {args.active}")
-    from flows.results import atomic_write_bytes
-
     records = [profile(size, args.dtype, args.active, args.repeats) for size in args.sizes]
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {records[0]['device']}"
-    text = (f"Machine: {machine}; dtype {args.dtype}; {args.active} at the edge; ms (÷ a "
+    where = machine(records[0]["device"])
+    text = (f"Machine: {where}; dtype {args.dtype}; {args.active} at the edge; ms (÷ a "
             f"gradient)\n\n{table(records)}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "profile.md", text.encode())
-    atomic_write_bytes(args.out / "profile.json", json.dumps(
-        {"machine": machine, "records": records}, indent=1).encode())
+    save(args.out, "profile", "profile", text, {"machine": where, "records": records})
     print(text)
 
 
