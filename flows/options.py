@@ -343,9 +343,11 @@ class Method(eqx.Module):
             return self.name
         return default_optimizer(self.name) if self.optimizer is None else self.optimizer
 
-    def build(self, problem, lr):
-        """The update rule (optimizer) or vector field (flow) for ``problem`` at ``lr``."""
-        return make_method(problem, self.name, lr, optimizer=self.model, options=self.options)
+    def build(self, problem, lr, *, in_sweep: bool = False):
+        """The update rule (optimizer) or vector field (flow) for ``problem`` at ``lr``; as
+        a member of a vmapped sweep with ``in_sweep`` (`VectorField.in_sweep`)."""
+        built = make_method(problem, self.name, lr, optimizer=self.model, options=self.options)
+        return built.in_sweep() if in_sweep and self.is_flow else built
 
 
 def renamed(options: Mapping[str, Any], where: str = "") -> dict[str, Any]:

@@ -85,7 +85,7 @@ class _Setup(eqx.Module):
 def _run_member(setup: _Setup, problem: Problem, lr: Array) -> dict[str, Array]:
     """One member: exactly what `simulate` computes for ``(problem, lr)``."""
     return run_tracked(
-        problem, setup.method.build(problem, lr), setup.steps, setup.save_every,
+        problem, setup.method.build(problem, lr, in_sweep=True), setup.steps, setup.save_every,
         setup.method.integrator, setup.tracking, setup.divergence_factor, setup.progress,
     )
 

@@ -21,6 +21,7 @@ __all__ = [
     "preconditioned_hvp",
     "hessian",
     "hessian_quadratic_form_grad",
+    "hessian_quadratic_form_pullback",
     "loss_and_gradient",
 ]
 
@@ -74,8 +75,14 @@ def hessian_quadratic_form_grad(
     For ``u = v`` the top eigenvector, this is ``∇S``, the gradient of the
     sharpness (Cohen, Damian et al. 2025).
     """
+    return hessian_quadratic_form_pullback(f, w, v)(u)
 
-    def quadratic_form(x):
-        return jnp.dot(u, hvp(f, x, v))
 
-    return jax.grad(quadratic_form, holomorphic=jnp.iscomplexobj(w))(w)
+def hessian_quadratic_form_pullback(
+    f: Loss, w: Float[Array, " n"], v: Float[Array, " n"]
+) -> Callable[[Float[Array, " n"]], Float[Array, " n"]]:
+    """``u ↦ ∇_w (uᵀ H(w) v)`` for one v and many u: the pullback (vjp) of ``w ↦ H(w)v``,
+    whose forward pass is done once and shared by every u. Linear in u, not conjugate-linear,
+    as `hvp`'s bilinear product wants for complex parameters."""
+    _, pullback = jax.vjp(lambda x: hvp(f, x, v), w)
+    return lambda u: pullback(u.astype(w.dtype))[0]

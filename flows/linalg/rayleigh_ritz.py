@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .eigen import Eigenpairs, EigenSolver, Matvec
+from .products import map_columns, tall_times_small
 
 __all__ = ["BlockRayleighRitz", "block_rayleigh_ritz"]
 
@@ -35,12 +36,12 @@ def _orthonormalize(block: Array, against: Array | None = None) -> Array:
     eps = np.finfo(dtype).eps
     for _ in range(2):
         if against is not None:
-            block = block - against @ (against.T @ block)
+            block = block - tall_times_small(against, against.T @ block)
         gram = block.T @ block
         values, vectors = jnp.linalg.eigh(0.5 * (gram + gram.T))
         floor = jnp.maximum(jnp.max(values), np.finfo(dtype).tiny) * eps * block.shape[1] * 10
         scale = jnp.where(values > floor, 1 / jnp.sqrt(jnp.maximum(values, floor)), 0.0)
-        block = (block @ vectors) * scale
+        block = tall_times_small(block, vectors) * scale
     return block
 
 
@@ -54,7 +55,8 @@ def _ritz(basis: Array, image: Array, m: int) -> tuple[Array, Array, Array]:
     values, coefficients = jnp.linalg.eigh(small - jnp.diag(penalty))
     order = jnp.argsort(values)[::-1][:m]
     coefficients = coefficients[:, order]
-    return values[order], basis @ coefficients, image @ coefficients
+    return (values[order], tall_times_small(basis, coefficients),
+            tall_times_small(image, coefficients))
 
 
 def block_rayleigh_ritz(
@@ -82,15 +84,14 @@ def block_rayleigh_ritz(
     k = m if num_converged is None else num_converged
     dtype = init.dtype
     rtol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
-    block_matvec = jax.vmap(matvec, in_axes=1, out_axes=1)
     if 2 * m > n:
         # No room for an expansion block: the whole space is small, solve it exactly.
         eye = jnp.eye(n, dtype=dtype)
-        values, vectors, image = _ritz(eye, block_matvec(eye), m)
+        values, vectors, image = _ritz(eye, map_columns(matvec, eye), m)
         return values, vectors, image, jnp.asarray(0)
 
     basis = _orthonormalize(init)
-    values, vectors, image = _ritz(basis, block_matvec(basis), m)
+    values, vectors, image = _ritz(basis, map_columns(matvec, basis), m)
 
     def residual(values, vectors, image):
         norms = jnp.linalg.norm(image - vectors * values, axis=0)[:k]
@@ -100,7 +101,7 @@ def block_rayleigh_ritz(
         values, vectors, image, _, iteration = carry
         expansion = _orthonormalize(image - vectors * values, vectors)
         basis = jnp.concatenate([vectors, expansion], axis=1)
-        images = jnp.concatenate([image, block_matvec(expansion)], axis=1)
+        images = jnp.concatenate([image, map_columns(matvec, expansion)], axis=1)
         values, vectors, image = _ritz(basis, images, m)
         return values, vectors, image, residual(values, vectors, image), iteration + 1
 

@@ -120,8 +120,8 @@ def _to_host(tree):
 def _initial_carry(problem: Problem, method: Method, lr: jax.Array):
     """The carry at step 0 (batched over ``lr`` in a sweep)."""
 
-    def one(lr):
-        built = method.build(problem, lr)
+    def one(lr_member):
+        built = method.build(problem, lr_member, in_sweep=lr.ndim > 0)
         integer = jnp.result_type(int)
         step, status, stopped_at = (jnp.asarray(v, dtype=integer) for v in (0, STATUS_OK, -1))
         if method.is_flow:
@@ -145,8 +145,8 @@ def _advance(
 ) -> dict[str, Any]:
     """``length`` more steps from ``carry`` (vmapped over ``lr`` in a sweep)."""
 
-    def one(lr, carry):
-        built = method.build(problem, lr)
+    def one(lr_member, carry):
+        built = method.build(problem, lr_member, in_sweep=lr.ndim > 0)
         output = run_method(
             problem, built, length, save_every, integrator=method.integrator,
             divergence_factor=divergence_factor, start=carry,

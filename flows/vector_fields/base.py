@@ -63,6 +63,12 @@ class VectorField(eqx.Module):
         """Extra quantities reported at the saved steps (none by default)."""
         return {}
 
+    def in_sweep(self) -> VectorField:
+        """The field as a member of a vmapped sweep (`flows.sweep`): itself by default. A
+        field whose work depends on its state through `lax.switch`/`lax.cond` (every
+        branch runs under vmap) may prefer a single branch there."""
+        return self
+
     def running_maxima(self, t: Scalar, y: PyTree) -> dict[str, Scalar]:
         """Scalars reported at each saved step as their largest value since the previous
         one, over the integrator's accepted steps and the saved step itself (none by

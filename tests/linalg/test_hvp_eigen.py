@@ -53,6 +53,34 @@ def test_hvp_at_complex_parameters_is_complex_symmetric_hessian():
     np.testing.assert_allclose(dense, dense.T, rtol=1e-10)
 
 
+@pytest.mark.parametrize("complex_parameters", [False, True], ids=["real", "complex"])
+def test_third_derivative_pullback_equals_dense_third_derivative(complex_parameters):
+    # One forward pass of w ↦ H(w)v pulled back at several u: each is D³f[u, v, ·], the
+    # dense third-derivative tensor contracted (bilinear, also at complex parameters).
+    h = jnp.asarray(random_symmetric([3.0, 1.0, -0.5, 0.2]))
+
+    def f(w):
+        return 0.5 * jnp.dot(w, h @ w) + jnp.sum(jnp.tanh(w) ** 3) + jnp.prod(jnp.cos(w))
+
+    w = jnp.asarray([0.3, -0.1, 0.5, 0.1])
+    v = jnp.asarray([1.0, 2.0, -1.0, 0.5])
+    us = jax.random.normal(jax.random.key(5), (3, 4))
+    if complex_parameters:
+        w, v, us = w + 0.2j * jnp.roll(w, 1), v - 0.5j, us + 1j * jnp.roll(us, 1, axis=1)
+    holomorphic = complex_parameters
+    third = jax.jacfwd(
+        jax.jacfwd(jax.grad(f, holomorphic=holomorphic), holomorphic=holomorphic),
+        holomorphic=holomorphic,
+    )(w)
+    pullback = flows.hessian_quadratic_form_pullback(f, w, v)
+    for u in us:
+        expected = jnp.einsum("ijk,i,j->k", third, u, v)
+        np.testing.assert_allclose(pullback(u), expected, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            flows.hessian_quadratic_form_grad(f, w, u, v), expected, rtol=1e-10, atol=1e-12
+        )
+
+
 @pytest.mark.parametrize(
     "eigensolver",
     [flows.DenseEigh(), flows.Lanczos(num_matvecs=30), flows.LOBPCG(max_iterations=200)],

@@ -279,6 +279,31 @@ def test_cheaper_refinement_options_stay_on_the_default_flow(mlp, edge_run, opti
         )
 
 
+def test_edge_system_on_the_active_block_is_the_full_system(mlp, edge_run):
+    """The edge system formed on the smallest top block holding the eigenvalues at the edge
+    (a single run: sizes 0, 2, 3 through `lax.switch`) and on all K (`active_block=False`,
+    what a sweep uses) give the same flow to rounding, through the stable phase, one and two
+    eigenvalues at the edge."""
+
+    @eqx.filter_jit
+    def run(field):
+        return run_flow(field, STEPS, 1)
+
+    field = CentralFlow(problem=mlp, rule=gd_rule(EDGE_LR), num_eigenvalues=3)
+    assert field._block_sizes() == (0, 2, 3)
+    assert field.in_sweep().active_block is False and field.in_sweep()._block_sizes() == (3,)
+    method = flows.Method.of("central_flow", num_eigenvalues=3)
+    assert method.build(mlp, EDGE_LR, in_sweep=True).active_block is False
+    assert method.build(mlp, EDGE_LR).active_block is None
+    block, full = run(field), run(field.in_sweep())
+    at_edge = np.asarray(block["extras"]["num_at_edge"])
+    assert set(np.unique(at_edge)) == {0, 1, 2}  # every branch taken
+    displacement = np.linalg.norm(full["params"][-1] - full["params"][0])
+    np.testing.assert_allclose(block["params"], full["params"], rtol=0, atol=1e-11 * displacement)
+    np.testing.assert_allclose(block["params"], edge_run["params"], rtol=0,
+                               atol=1e-11 * displacement)  # the vmapped run: every branch
+
+
 def test_held_steps_report_the_eigenvalues_of_the_hessian(mlp):
     """Between refreshes (``refresh_interval``) the active eigenvalues come from UᵀHU
     carried to first order in w; at every step, held or not, they match a dense
