@@ -48,13 +48,19 @@ import flows  # noqa: E402
 from flows.diagnostics import first_at_edge, gaussian_smooth  # noqa: E402
 from flows.eigen_tracking import p_inv_series, track  # noqa: E402
 from flows.problems import digits, mlp, reference_mlp  # noqa: E402
+from flows.results import atomic_write_bytes, save_json  # noqa: E402
 
 SIGMA = 50
 EVERY = 10
 
 
-def digits_mlp():
-    return mlp(digits(n=100, standardize=False), [32], activation="tanh", loss="mse")
+def digits_mlp(n=100, width=32):
+    return mlp(digits(n=n, standardize=False), [width], activation="tanh", loss="mse")
+
+
+def wide_digits_mlp():
+    """300 digits, [64] tanh, 4,810 parameters: heavy ball at η = 0.1 sits at its edge."""
+    return digits_mlp(n=300, width=64)
 
 
 ADAM = {"beta1": 0.9, "beta2": 0.999}
@@ -64,6 +70,7 @@ CASES = {
     "reference, Adam": (reference_mlp, "adam", 0.002, ADAM, 1000),
     "digits, heavy ball": (digits_mlp, "momentum", 0.16, {"beta": 0.9}, 2000),
     "digits, Adam": (digits_mlp, "adam", 0.004, ADAM, 2300),
+    "digits 300×64, heavy ball": (wide_digits_mlp, "momentum", 0.1, {"beta": 0.9}, 3000),
 }
 
 
@@ -218,9 +225,8 @@ def main():
     print(text)
     machine = {"platform": platform.platform(), "devices": str(jax.devices()),
                "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(
-        json.dumps({"cases": results, "machine": machine}, indent=2))
+    atomic_write_bytes(args.out / "table.md", text.encode())
+    save_json(args.out / "results.json", {"cases": results, "machine": machine})
 
 
 if __name__ == "__main__":

@@ -181,6 +181,7 @@ def test_data_table_for_a_problem_without_data():
 def test_allowed_kinds_read_the_annotation():
     assert allowed_kinds("Sequence[int] | None", None) == {"list"}
     assert allowed_kinds("int | None", None) == {"int"}
+    assert allowed_kinds("bool | None", None) == {"bool"}  # central_flow's active_block
     assert allowed_kinds("float", 0.0) == {"int", "float"}
     assert allowed_kinds("Callable[[Array], Scalar] | None", None) == set()
     assert allowed_kinds("", True) == {"bool"}
