@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -215,6 +216,8 @@ def run(config_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
 
 def _run_locked(config: Config, problem, run_dir: RunDirectory, overwrite: bool,
                 progress: bool) -> int:
+    import jax
+
     from ..runs import ResourceError, check_resources
     from ..runs import run as run_spec
 
@@ -257,10 +260,25 @@ def _run_locked(config: Config, problem, run_dir: RunDirectory, overwrite: bool,
         if not is_disk_full(err):
             raise
         raise ConfigError(_disk_full(config, run_dir, err)) from None
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        raise ConfigError(_out_of_memory(run_dir, err)) from None
     total = time.perf_counter() - started
     print(report.format_summary(summary), file=sys.stdout)
     print(f"done in {total:.1f} s; results in {out}/", file=sys.stderr)
     return EXIT_OK
+
+
+def _out_of_memory(run_dir: RunDirectory, err: Exception) -> str:
+    """One line for XLA's out-of-memory error: what it asked for and what decides it."""
+    asked = re.search(r"allocating (\d+) bytes", str(err))
+    size = f" (it asked for {int(asked.group(1)) / 1e9:.1f} GB)" if asked else ""
+    return (f"a compiled step needs more memory than this machine has{size}: the network's "
+            f"activations on all the data at once, times the derivatives a flow takes "
+            f"(the central flow's third derivatives most); use fewer data points ([data] n), "
+            f"[run] dtype = \"float32\", a smaller network, or a machine with more memory; "
+            f"what was saved in {run_dir.path}/ is kept")
 
 
 def show(directory: str | os.PathLike, *, plots: bool = True) -> int:
