@@ -169,13 +169,13 @@ def _active_third_derivatives(f, w, u, num_active: Int[Array, ""]) -> Array:
     gradient of ``u_iᵀHu_j`` per pair at r = 3, 11k and 113k parameters).
     """
     k, n = u.shape[1], w.shape[0]
+    index = jnp.asarray(_pair_index(k))
 
     def column(j, acc):
         pullback = hessian_quadratic_form_pullback(f, w, u[:, j])
 
         def pair(i, acc):
-            # `_pair_order` numbers the pair (i, j), i ≤ j, j(j + 1)/2 + i.
-            return acc.at[j * (j + 1) // 2 + i].set(pullback(u[:, i]))
+            return acc.at[index[i, j]].set(pullback(u[:, i]))
 
         return jax.lax.fori_loop(0, j + 1, pair, acc)
 
@@ -472,9 +472,10 @@ class CentralFlow(VectorField):
             run).
         active_block: form the edge system on the smallest top block (of sizes 0, 2 and
             K, `edge_size`) holding the eigenvalues at the edge, not on all K (the same
-            flow; at 113k parameters an evaluation of the rates 11 → 4.5 ms, with ~25% more
-            compile time). ``None`` (default): on in a run, off in a `flows.sweep`, where
-            every branch would run.
+            flow; at 113k parameters an evaluation of the rates 11 → 4.5 ms, with ~20% more
+            compile time). GD and the RMSProp rules; the momentum rules (Newton steps on
+            `momentum_edge_system`) always form it on all K. ``None`` (default): on in a
+            run, off in a `flows.sweep`, where every branch would run.
         newton_steps: momentum rules only: Newton steps on their second-order stability
             condition, quadratic in X (`momentum_edge_system`); one is exact for heavy
             ball, two bring Adam and Nesterov to rounding on the analytic tests.
