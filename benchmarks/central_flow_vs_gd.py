@@ -29,7 +29,9 @@ and, per case, ``<case>.png`` with the loss (GD raw and smoothed, central flow, 
 prediction, gradient flow), the top eigenvalues against 2/η, and the distances GD–CF and
 GD–GF over time. No GPU in this environment: the time per step is the CPU's.
 
-Run: ``python benchmarks/central_flow_vs_gd.py [--quick] [--out DIR]``.
+Run: ``python benchmarks/central_flow_vs_gd.py [--quick] [--case CASE] [--options JSON]
+[--out DIR]`` (``--options`` passes central-flow options, e.g. ``'{"refresh_interval": 8}'``;
+``--data-chunk`` sets the CNN cases' examples per chunk of the loss).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from flows.diagnostics import first_at_edge, gaussian_smooth, relative_distance 
 from flows.eigen_tracking import track  # noqa: E402
 from flows.linalg import gradient, sharpness  # noqa: E402
 from flows.problems import cifar10, cnn, digits, mlp, reference_mlp  # noqa: E402
+from flows.results import atomic_write_bytes, save_json  # noqa: E402
 
 SIGMA = 50
 CNN_DIGITS_LR = 0.12
@@ -155,15 +158,17 @@ def plot(path, title, lr, gd, gf, cf, figures, gd_eigenvalues):
     plt.close(fig)
 
 
-def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False):
+def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False, options=None):
+    options = {"num_eigenvalues": 5, **(options or {})}
     print(f"== {name}: {problem.num_params} parameters, η = {lr}, {steps} steps", flush=True)
     gd = flows.simulate(problem, "gd", lr=lr, steps=steps)
     gf = flows.simulate(problem, "gradient_flow", lr=lr, steps=steps)
-    cf = flows.simulate(problem, "central_flow", lr=lr, steps=steps, num_eigenvalues=5)
+    cf = flows.simulate(problem, "central_flow", lr=lr, steps=steps, **options)
     gd_again = flows.simulate(problem, "gd", lr=lr, steps=steps)
     gd_time = min(gd.wall_time, gd_again.wall_time)
     result = {
         "parameters": problem.num_params,
+        "central_flow_options": options,
         "lr": lr,
         "steps": steps,
         "status": cf.status,
@@ -183,7 +188,7 @@ def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False
     repeats = 2 if timing_float32 else 1
     gd32_runs = [flows.simulate(problem32, "gd", lr=lr, steps=steps) for _ in range(repeats)]
     if timing_float32:
-        cf32 = flows.simulate(problem32, "central_flow", lr=lr, steps=steps, num_eigenvalues=5)
+        cf32 = flows.simulate(problem32, "central_flow", lr=lr, steps=steps, **options)
         gd32_time = min(r.wall_time for r in gd32_runs)
         result["timing_float32"] = {
             "central_flow_run_s": cf32.wall_time,
@@ -278,13 +283,16 @@ def cnn_case(args):
     CIFAR-10 images of a local copy (the papers' subset size; channels 32, 64, 64)."""
     if args.case == "cnn-digits":
         data = digits(n=500, flatten=False, standardize=False)
-        problem = cnn(data, channels=(8, 16), activation="tanh")
+        problem = cnn(data, channels=(8, 16), activation="tanh", data_chunk=args.data_chunk)
         lr, steps = args.lr or CNN_DIGITS_LR, args.steps or 1000
     else:
         if args.cifar10 is None:
             raise SystemExit("cnn-cifar10 needs --cifar10 PATH (a CIFAR-10 batch, folder or .npz)")
         data = cifar10(args.cifar10, n=1000, flatten=False)
-        problem = cnn(data, channels=(32, 64, 64), activation="tanh")
+        # The whole batch's float64 central flow asks for a 44.5 GB buffer; in chunks of 100
+        # images it peaks at 2.8 GB (benchmarks/README.md).
+        chunk = args.data_chunk or 100
+        problem = cnn(data, channels=(32, 64, 64), activation="tanh", data_chunk=chunk)
         if args.lr is None:
             # 2/η = 2 λ₁(w₀): GD has to double its sharpness to reach the edge.
             top = float(jax.jit(lambda p: sharpness(p.flat_loss, p.w0))(problem))
@@ -304,25 +312,38 @@ def main():
     parser.add_argument("--cifar10", type=Path, help="CIFAR-10 file or folder (cnn-cifar10)")
     parser.add_argument("--lr", type=float, help="learning rate of the CNN cases")
     parser.add_argument("--steps", type=int, help="steps of the CNN cases")
+    parser.add_argument(
+        "--data-chunk", type=int,
+        help="examples per chunk of the CNN cases' loss (default: cnn-digits all at once, "
+             "cnn-cifar10 100)",
+    )
+    parser.add_argument(
+        "--options", type=json.loads, default={},
+        help='central-flow options as JSON, e.g. \'{"refresh_interval": 8}\'',
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.case.startswith("cnn-"):
         name, problem, lr, steps = cnn_case(args)
-        results[name] = run_case(name, problem, lr, steps, tight_check=False, out=args.out)
+        results[name] = run_case(
+            name, problem, lr, steps, tight_check=False, out=args.out, options=args.options
+        )
     elif args.case != "digits":
         results["reference"] = run_case(
             "reference", reference_mlp(), 0.1, 300 if args.quick else 1000,
-            tight_check=not args.quick, out=args.out, timing_float32=True,
+            tight_check=not args.quick, out=args.out, timing_float32=True, options=args.options,
         )
     if not args.quick and args.case in ("digits", "both"):
         problem, lr = digits_case()
-        results["digits"] = run_case("digits", problem, lr, 1500, tight_check=True, out=args.out)
+        results["digits"] = run_case(
+            "digits", problem, lr, 1500, tight_check=True, out=args.out, options=args.options
+        )
     results["machine"] = {"platform": platform.platform(), "devices": str(jax.devices())}
     text = table({k: v for k, v in results.items() if k != "machine"})
     print(text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_bytes(args.out / "table.md", text.encode())
+    save_json(args.out / "results.json", results)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,8 @@ def _out_of_memory(run_dir: RunDirectory, err: Exception) -> str:
     size = f" (it asked for {int(asked.group(1)) / 1e9:.1f} GB)" if asked else ""
     return (f"a compiled step needs more memory than this machine has{size}: the network's "
             f"activations on all the data at once, times the derivatives a flow takes "
-            f"(the central flow's third derivatives most); use fewer data points ([data] n), "
+            f"(the central flow's third derivatives most); evaluate the loss over chunks of "
+            f"the data ([problem] data_chunk = 100, say), use fewer data points ([data] n), "
             f"[run] dtype = \"float32\", a smaller network, or a machine with more memory; "
             f"what was saved in {run_dir.path}/ is kept")
 

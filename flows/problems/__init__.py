@@ -20,7 +20,7 @@ from flows.problems.data import (
     synthetic_classification,
     synthetic_regression,
 )
-from flows.problems.losses import cross_entropy, mean_squared_error, mse
+from flows.problems.losses import cross_entropy, mean_over_chunks, mean_squared_error, mse
 from flows.problems.networks import (
     ACTIVATIONS,
     LOSSES,
@@ -58,6 +58,7 @@ __all__ = [
     "digits",
     "from_equinox",
     "from_flax",
+    "mean_over_chunks",
     "mean_squared_error",
     "mlp",
     "mse",

@@ -30,7 +30,8 @@ from jaxtyping import Array, PyTree, Scalar
 
 from flows.problem import Problem, cast_floating
 from flows.problems.data import Dataset
-from flows.problems.networks import LOSSES, _bind
+from flows.problems.losses import mean_over_chunks
+from flows.problems.networks import LOSSES, _bind, check_data_chunk
 
 __all__ = ["from_equinox", "from_flax"]
 
@@ -100,19 +101,33 @@ def _data_arrays(data: Dataset | tuple[Any, Any], dtype) -> tuple[Array, Array, 
     return x, y, name
 
 
-def _supervised(*args, apply: Callable[..., Array], loss: Callable) -> Scalar:
-    *rest, y, params = args
-    return loss(apply(*rest, params), y)
+def _supervised(
+    fixed: PyTree,
+    x: Array,
+    y: Array,
+    params: PyTree,
+    *,
+    apply: Callable[..., Array],
+    loss: Callable,
+    data_chunk: int | None,
+) -> Scalar:
+    def batch_loss(inputs, targets):
+        return loss(apply(fixed, inputs, params), targets)
+
+    return mean_over_chunks(batch_loss, x, y, data_chunk)
 
 
-def _make(apply, fixed, data, loss: Loss, params, dtype, name, loss_min: float) -> Problem:
+def _make(
+    apply, fixed, data, loss: Loss, params, dtype, name, loss_min: float, data_chunk
+) -> Problem:
+    data_chunk = check_data_chunk(data_chunk)
     dtype = _problem_dtype(params, dtype)
     x, y, data_name = _data_arrays(data, dtype)
     params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), params)
     # Fixed floating arrays (batch statistics) in the same dtype; keys and integers kept.
     fixed = cast_floating(fixed, dtype)
     name = f"{name}-{data_name}"
-    loss_fn = _bind(_supervised, apply=apply, loss=_loss_function(loss))
+    loss_fn = _bind(_supervised, apply=apply, loss=_loss_function(loss), data_chunk=data_chunk)
     return Problem(
         loss=jax.tree_util.Partial(loss_fn, fixed, x, y),
         params0=params,
@@ -141,6 +156,7 @@ def from_equinox(
     dtype=None,
     loss_min: float = 0.0,
     name: str | None = None,
+    data_chunk: int | None = None,
 ) -> Problem:
     """The full-batch loss of an equinox model: ``L(θ) = loss(vmap(model_θ)(x), y)``.
 
@@ -157,6 +173,11 @@ def from_equinox(
         loss_min: the loss's minimum (for GD on √L).
         name: a label for results (default: the model's class); the data's name is
             appended.
+        data_chunk: evaluate the loss this many examples at a time, each chunk
+            rematerialised in derivatives (`flows.problems.mean_over_chunks`): the memory
+            of every derivative bounded by one chunk's activations instead of all ``n``.
+            Needs a loss that is a mean over examples (the named ones are) and a model
+            whose output on one example does not depend on the others.
 
     ``predict(θ)`` gives the model's outputs on the inputs.
     """
@@ -166,7 +187,7 @@ def from_equinox(
     constants, static = eqx.partition(rest, eqx.is_array)
     apply = _bind(_equinox_apply, static=static, batched=bool(batched))
     name = name or type(model).__name__.lower()
-    return _make(apply, constants, data, loss, params, dtype, name, loss_min)
+    return _make(apply, constants, data, loss, params, dtype, name, loss_min, data_chunk)
 
 
 # ------------------------------------------------------------------------------ flax
@@ -196,6 +217,7 @@ def from_flax(
     dtype=None,
     loss_min: float = 0.0,
     name: str | None = None,
+    data_chunk: int | None = None,
 ) -> Problem:
     """The full-batch loss of a flax model: ``L(θ) = loss(f_θ(x), y)``.
 
@@ -205,7 +227,8 @@ def from_flax(
             ``params=None``: its ``nnx.Param`` variables are θ). Flax modules take the
             whole batch.
         params: see ``module``.
-        data, loss, dtype, loss_min, name: as in `from_equinox`.
+        data, loss, dtype, loss_min, name, data_chunk: as in `from_equinox` (no
+            ``data_chunk`` with batch statistics: they would be each chunk's).
 
     Linen collections other than ``params`` (``batch_stats``) and nnx state other than
     ``nnx.Param`` are held fixed. Flax creates float32 parameters unless told otherwise
@@ -242,4 +265,4 @@ def from_flax(
     else:
         raise ValueError(f"from_flax needs a flax linen or nnx Module, got {type(module).__name__}")
     name = name or type(module).__name__.lower()
-    return _make(apply, fixed, data, loss, weights, dtype, name, loss_min)
+    return _make(apply, fixed, data, loss, weights, dtype, name, loss_min, data_chunk)

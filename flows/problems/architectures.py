@@ -192,12 +192,14 @@ def resnet(
     activation: str = "gelu",
     loss: str = "mse",
     seed: int = 0,
+    data_chunk: int | None = None,
 ) -> Problem:
     """A small pre-activation ResNet (`ResNet`) on NHWC images, full-batch ``loss``.
 
     ``widths``: channels per stage (each stage after the first halves the resolution);
     ``blocks``: residual blocks per stage; ``groups``: GroupNorm groups (at most).
-    Weights are equinox's default initialization from ``jax.random.key(seed)``.
+    Weights are equinox's default initialization from ``jax.random.key(seed)``;
+    ``data_chunk`` as in `from_equinox` (GroupNorm is per example, so chunks are exact).
 
     Its convolutions are equinox's, i.e. XLA's: on a CPU their gradient runs several times
     slower inside a loop body than outside it (jax-ml/jax#12868; measured 8× for a GD step
@@ -219,7 +221,7 @@ def resnet(
         x.shape[-1], y.shape[1], widths, blocks, groups, activation, key=jax.random.key(seed)
     )
     name = f"resnet-{activation}-{'x'.join(map(str, widths))}-b{blocks}"
-    return from_equinox(model, data, loss, name=name)
+    return from_equinox(model, data, loss, name=name, data_chunk=data_chunk)
 
 
 def vit(
@@ -232,12 +234,13 @@ def vit(
     activation: str = "gelu",
     loss: str = "mse",
     seed: int = 0,
+    data_chunk: int | None = None,
 ) -> Problem:
     """A small vision transformer (`VisionTransformer`) on NHWC images, full-batch ``loss``.
 
     ``patch`` must divide the image height and width and ``heads`` must divide ``dim``.
     Weights are equinox's default initialization from ``jax.random.key(seed)`` (position
-    embeddings normal with standard deviation 0.02).
+    embeddings normal with standard deviation 0.02); ``data_chunk`` as in `from_equinox`.
     """
     _check_choice(activation, ACTIVATIONS, "activation")
     _check_choice(loss, LOSSES, "loss")
@@ -268,4 +271,4 @@ def vit(
     )
     tokens = math.prod((height // patch, width // patch))
     name = f"vit-{activation}-d{dim}-l{depth}-t{tokens}"
-    return from_equinox(model, data, loss, name=name)
+    return from_equinox(model, data, loss, name=name, data_chunk=data_chunk)

@@ -7,11 +7,13 @@ complex parameters, as the principal flow requires.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Inexact, Scalar
+from jaxtyping import Array, Inexact, PyTree, Scalar
 
-__all__ = ["cross_entropy", "mean_squared_error", "mse"]
+__all__ = ["cross_entropy", "mean_over_chunks", "mean_squared_error", "mse"]
 
 
 def _per_example_sum(values: Array) -> Array:
@@ -54,3 +56,51 @@ def cross_entropy(logits: Inexact[Array, "n k"], labels_onehot: Inexact[Array, "
     log_norm = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
     log_probs = shifted - log_norm
     return -jnp.mean(jnp.sum(labels_onehot * log_probs, axis=-1))
+
+
+def mean_over_chunks(
+    batch_loss: Callable[[PyTree, PyTree], Scalar],
+    inputs: PyTree,
+    targets: PyTree,
+    chunk_size: int | None,
+) -> Scalar:
+    """A loss averaged over examples, ``batch_loss(inputs, targets)``, evaluated
+    ``chunk_size`` examples at a time.
+
+    ``L = (1/n) Σ_c m_c L_c``, with ``L_c`` the mean loss of chunk ``c`` of ``m_c``
+    examples: the same function as ``batch_loss`` on all ``n`` examples (for a loss that is
+    a mean of per-example terms, as every loss here is), summed in a different order. The
+    full chunks go through one `jax.lax.map` whose body is rematerialised
+    (`jax.checkpoint`), so reverse mode stores only each chunk's inputs, and every
+    derivative of ``L`` (gradient, Hessian-vector product, third derivative) holds one
+    chunk's activations at a time instead of all ``n``: its memory scales with
+    ``chunk_size`` (a float64 central flow of a 66k-parameter CNN on 1000 CIFAR-sized
+    images: 2.8 GB in chunks of 100, against a 44.5 GB buffer at once), for the cost of
+    recomputing each chunk's forward pass (on a 100k-parameter CNN the gradient and the
+    HVP no slower, third derivatives ~20–30% slower). A remainder of fewer than
+    ``chunk_size`` examples is one more call. ``chunk_size=None`` (or ``≥ n``) is
+    ``batch_loss(inputs, targets)`` itself.
+
+    Leaves of ``inputs`` and ``targets`` share a leading axis of examples. A model whose
+    output on one example depends on the others (batch normalization with batch
+    statistics) gives a different loss in chunks.
+    """
+    n = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return batch_loss(inputs, targets)
+    count = n // chunk_size
+    full = count * chunk_size
+
+    def chunks(tree):
+        return jax.tree_util.tree_map(
+            lambda leaf: leaf[:full].reshape(count, chunk_size, *leaf.shape[1:]), tree
+        )
+
+    def rest(tree):
+        return jax.tree_util.tree_map(lambda leaf: leaf[full:], tree)
+
+    chunk_loss = jax.checkpoint(lambda chunk: batch_loss(*chunk))
+    total = chunk_size * jnp.sum(jax.lax.map(chunk_loss, (chunks(inputs), chunks(targets))))
+    if full < n:
+        total = total + (n - full) * batch_loss(rest(inputs), rest(targets))
+    return total / n

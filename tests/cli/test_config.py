@@ -140,6 +140,7 @@ def test_fingerprint_tracks_what_matters():
         (("problem", "widths"), 4, r"\[problem\] widths: expected a list, got 4"),
         (("problem", "seed"), "one", r"\[problem\] seed: expected an integer, got 'one'"),
         (("problem", "activation"), 1, r"\[problem\] activation: expected a string"),
+        (("problem", "data_chunk"), 2.5, r"\[problem\] data_chunk: expected an integer"),
         (("problem", "widths"), {"a": 1}, r"\[problem\] widths: expected a value, got a table"),
         (("data", "name"), "mnist", r"\[data\] name: unknown value 'mnist'"),
         (("data", "path"), "x", r"\[data\] path: unknown key"),
@@ -229,6 +230,16 @@ def test_build_problem_and_methods():
     assert specs["rms_flow"].options == {"beta2": 0.9} and specs["rms_flow"].optimizer == "rmsprop"
     other = build_problem(parse_config(with_change(("run", "seed"), 1)))
     assert not np.allclose(problem.w0, other.w0)
+
+
+def test_data_chunk_reaches_the_network():
+    # The BASE data set has more examples than 7: the loss goes through chunks of 7, and is
+    # the same function.
+    plain = build_problem(parse_config(BASE))
+    chunked = build_problem(parse_config(with_change(("problem", "data_chunk"), 7)))
+    assert dict(chunked.loss.func.kwargs)["data_chunk"] == 7
+    assert dict(plain.loss.func.kwargs)["data_chunk"] is None
+    np.testing.assert_allclose(chunked.flat_loss(plain.w0), plain.flat_loss(plain.w0), rtol=1e-12)
 
 
 def test_eigenvalue_counts_are_checked_against_the_problem():
@@ -330,6 +341,7 @@ def test_representable_numbers_depend_on_the_dtype():
         (("problem", "widths"), [-3, 32], r"^\[problem\] mlp: widths must be positive integers"),
         (("problem", "widths"), [0], r"^\[problem\] mlp: widths must be positive integers"),
         (("problem", "widths"), ["a"], r"^\[problem\] mlp: widths must be positive integers"),
+        (("problem", "data_chunk"), 0, r"^\[problem\] mlp: data_chunk must be a positive integer"),
         (("data", "n"), 0, r"^\[data\] synthetic_regression: n must be a positive integer, got 0$"),
         (("data", "n"), -3, r"^\[data\] synthetic_regression: n must be a positive integer"),
         (("data", "d_in"), 0, r"^\[data\] synthetic_regression: d_in must be a positive integer"),

@@ -86,6 +86,7 @@ def test_out_of_memory_in_a_compiled_step_is_one_line(tmp_path, monkeypatch):
     last = err.strip().splitlines()[-1]
     assert last.startswith("flows: error:")
     assert "44.5 GB" in last and "[data] n" in last and "float32" in last
+    assert "[problem] data_chunk" in last
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch):
