@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flows
 from flows.linalg import hvp
 from flows.problems import cnn, digits, from_equinox, mean_over_chunks, mlp, mse
 
@@ -75,6 +76,17 @@ def test_equinox_model_in_chunks_is_the_same_problem(image_digits):
         _derivatives(chunked, full.w0, v), _derivatives(full, full.w0, v), strict=True
     ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
+
+
+def test_chunked_loss_in_a_sweep_is_the_whole_batch_sweep(image_digits):
+    # lax.map inside the vmap over learning rates: the same GD runs as the plain loss.
+    full = mlp(image_digits, widths=(8,))
+    chunked = mlp(image_digits, widths=(8,), data_chunk=16)
+    runs = [flows.sweep(p, "gd", lrs=[0.02, 0.1], steps=30) for p in (chunked, full)]
+    got, want = np.asarray(runs[0].params), np.asarray(runs[1].params)
+    assert np.all(np.isfinite(want))
+    assert np.max(np.abs(got - want)) <= 1e-10 * np.max(np.abs(want))  # rounding apart
+    assert not np.allclose(np.asarray(runs[1].params[0, -1]), np.asarray(runs[1].params[1, -1]))
 
 
 def test_chunks_bound_the_memory_of_the_third_derivative():
