@@ -219,6 +219,12 @@ def test_quickstart_config_is_valid():
     assert config.problem["name"] == "mlp" and config.data["name"] == "digits"
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_every_shipped_config_is_valid(name):
+    config = load_config(ROOT / "configs" / name)
+    check_methods(config, build_problem(config))
+
+
 def test_build_problem_and_methods():
     config = parse_config(BASE)
     problem = build_problem(config)
