@@ -12,12 +12,13 @@ Two measurements, on this machine's CPU:
   (channels 64, 160; 200 digits; float32), each jitted alone, best of 5 interleaved over
   the chunk sizes, and a `flows.simulate` GD step (best of 2 runs of 200 steps).
 
-    taskset -c 1 python benchmarks/data_chunk.py memory --images 100 200 --chunks 0 25  # ~25 min
-    taskset -c 1 python benchmarks/data_chunk.py memory --images 1000 --chunks 100 --steps 1
-    taskset -c 1 python benchmarks/data_chunk.py cost                                  # ~2 min
+    taskset -c 1 python benchmarks/data_chunk.py memory --images 100 200 --chunks 0 25    # ~20 min
+    taskset -c 1 python benchmarks/data_chunk.py memory --images 1000 --chunks 0 100 --steps 1
+    taskset -c 1 python benchmarks/data_chunk.py cost                                    # ~2 min
 
-(chunk 0: the whole batch at once) writes ``<mode>.md`` and ``<mode>.json`` to ``--out``
-(default ``runs/data_chunk/``).
+Chunk 0 is the whole batch at once; on 1000 images it fails in about a minute (XLA asks
+for 44.5 GB), and chunks of 100 take ~15 min. Writes ``<mode>.md`` and ``<mode>.json`` to
+``--out`` (default ``runs/data_chunk/``).
 """
 
 from __future__ import annotations
