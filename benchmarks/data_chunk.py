@@ -29,10 +29,10 @@ import re
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from scale import ROOT, machine, save
+from scale import ROOT, SIZES, machine, save
+from step_profile import best_time
 
 
 def memory_child(images: int, chunk: int, steps: int) -> dict:
@@ -95,8 +95,9 @@ def cost(args) -> tuple[str, dict]:
 
     import flows
     from flows.linalg import hvp
-    from flows.problems import cnn, digits
+    from flows.problems import PROBLEMS, digits
 
+    kind, kwargs = SIZES["100k-cnn"]
     data = digits(n=200, flatten=False, standardize=False)
 
     def third(problem, w, v):
@@ -108,17 +109,14 @@ def cost(args) -> tuple[str, dict]:
         "third derivative": jax.jit(third),
     }
     chunks = [c or None for c in args.chunks]
-    problems = {c: cnn(data, channels=(64, 160), data_chunk=c).astype(jnp.float32)
-                for c in chunks}
+    problems = {c: PROBLEMS[kind](data, activation="tanh", data_chunk=c, **kwargs)
+                .astype(jnp.float32) for c in chunks}
     best = {}
-    for _ in range(5):
+    for _ in range(5):  # interleaved over the chunk sizes, so that drift hits all alike
         for chunk, problem in problems.items():
             v = jnp.ones_like(problem.w0)
             for name, fn in pieces.items():
-                jax.block_until_ready(fn(problem, problem.w0, v))
-                start = time.perf_counter()
-                jax.block_until_ready(fn(problem, problem.w0, v))
-                seconds = time.perf_counter() - start
+                seconds = best_time(fn, problem, problem.w0, v, repeats=1)
                 best[chunk, name] = min(best.get((chunk, name), seconds), seconds)
     for chunk, problem in problems.items():
         runs = [flows.simulate(problem, "gd", lr=0.01, steps=200) for _ in range(2)]

@@ -198,6 +198,7 @@ def _as_matrix(data: Dataset) -> tuple[Array, Array]:
 def _make(
     data_x, data_y, params, model: _Static, loss: str, name: str, data_chunk: int | None = None
 ) -> Problem:
+    data_chunk = check_data_chunk(data_chunk)
     supervised = _bind(_supervised_loss, model=model, loss=loss, data_chunk=data_chunk)
     return Problem(
         loss=jax.tree_util.Partial(supervised, data_x, data_y),
@@ -243,7 +244,6 @@ def mlp(
     _check_choice(loss, LOSSES, "loss")
     widths = check_sizes(widths, "widths")
     seed = check_size(seed, "seed", minimum=0)
-    data_chunk = check_data_chunk(data_chunk)
     x, y = _as_matrix(data)
     sizes = [x.shape[1], *widths, y.shape[1]]
     pairs = list(zip(sizes[:-1], sizes[1:]))
@@ -437,7 +437,6 @@ def cnn(
     _check_choice(loss, LOSSES, "loss")
     channels = check_sizes(channels, "channels")
     seed = check_size(seed, "seed", minimum=0)
-    data_chunk = check_data_chunk(data_chunk)
     dtype = _float_dtype()
     x, y = _image_arrays(data, "cnn")
     _, height, width, c_in = x.shape
