@@ -402,6 +402,7 @@ _OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "refine_iterations": (lambda v: v >= 1, "a positive integer"),
     "refine_rtol": (lambda v: v >= 0, "a non-negative number"),
     "refresh_interval": (lambda v: v >= 1, "a positive integer"),
+    "refresh_tolerance": (lambda v: v >= 0, "a non-negative number"),
     "edge_margin": (lambda v: v >= 0, "a non-negative number"),
     "num_matvecs": (lambda v: v >= 1, "a positive integer"),
     "codim": (lambda v: v >= 1, "a positive integer"),

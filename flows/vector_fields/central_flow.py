@@ -66,7 +66,11 @@ eigenvectors in its state and refines them once per step from the previous ones
 fixed over the stages, and computes third derivatives only for the eigenvalues at the
 edge. With ``refresh_interval = m`` it holds the basis and the third derivatives over m
 steps instead of one (``UᵀHU`` carried to first order in w), which divides the two most
-expensive parts of a step at the edge by m. Everything is pure JAX (jit, vmap over
+expensive parts of a step at the edge by m. By default a run of GD or an RMSProp rule
+chooses m between 1 and 8 as it goes: at each refresh it compares the eigenvalues at the
+edge that the held basis carried with the refreshed ones, and halves m when they differ by
+more than ``refresh_tolerance``, doubles it when by less than a quarter of that (a sweep
+and the momentum rules refresh at every step). Everything is pure JAX (jit, vmap over
 learning rates, no host callbacks).
 
 **Derivatives** (forward mode, ``adjoint=diffrax.ForwardMode()`` in `flows.run_flow`): X
@@ -112,6 +116,12 @@ __all__ = [
     "edge_system",
     "momentum_edge_system",
 ]
+
+
+#: The most steps between refreshes of the eigen-basis in a run of GD or an RMSProp rule
+#: by default (`CentralFlow.refresh_interval`; benchmarks/README.md, "Holding the
+#: eigen-basis over several steps").
+REFRESH_INTERVAL = 8
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -391,6 +401,7 @@ class EdgeSummary(eqx.Module):
     grad_norm_sq: Scalar
     num_at_edge: Scalar
     sdcp_residual: Scalar
+    basis_age: Scalar  # steps since the eigen-basis was refined (0: refined here)
 
 
 class _Geometry(eqx.Module):
@@ -468,8 +479,17 @@ class CentralFlow(VectorField):
             to first order in w (``d(u_iᵀHu_j) = ⟨g_ij, dw⟩``): the eigenvalues of the
             active set are those of that matrix, the others those of the last refresh.
             Every step is refreshed while an eigenvalue outside the active set may enter
-            it (extrapolated at twice its last rate). No saving in a sweep (both branches
-            run).
+            it (extrapolated at twice its last rate). ``None`` (default): adaptive in a
+            run of GD and the RMSProp rules, between 1 and `REFRESH_INTERVAL` (8) steps,
+            set by ``refresh_tolerance``; 1 in a `flows.sweep` (under vmap both branches
+            of the refresh run: no saving) and for the momentum rules (heavy ball,
+            Nesterov, Adam, whose held steps are not measured). 1 is the exact method.
+        refresh_tolerance: with the adaptive ``refresh_interval``: at each refresh the
+            eigenvalues at the edge carried by the held basis are compared with the
+            refreshed ones; the interval halves when they differ by more than this (in
+            μ, whose edge is 2 for GD; relative to the threshold for other rules), and
+            doubles when by less than a quarter of it (the carried error grows about as
+            the square of the interval).
         active_block: form the edge system on the smallest top block (of sizes 0, 2 and
             K, `edge_size`) holding the eigenvalues at the edge, not on all K (the same
             flow; at 113k parameters an evaluation of the rates 11 → 4.5 ms, with ~20% more
@@ -495,7 +515,8 @@ class CentralFlow(VectorField):
     refine_rtol: float = eqx.field(static=True, default=0.0)
     derivative_dtype: str | None = eqx.field(static=True, default=None)
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
-    refresh_interval: int = eqx.field(static=True, default=1)
+    refresh_interval: int | None = eqx.field(static=True, default=None)
+    refresh_tolerance: float = 1e-3
     newton_steps: int = eqx.field(static=True, default=2)
     active_block: bool | None = eqx.field(static=True, default=None)
     eigensolver: EigenSolver | None = None
@@ -511,6 +532,8 @@ class CentralFlow(VectorField):
             ("refresh_interval", 1),
         ):
             value = getattr(self, name)
+            if name == "refresh_interval" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
         k = self.num_eigenvalues
@@ -518,7 +541,7 @@ class CentralFlow(VectorField):
             raise ValueError(
                 f"max_edge must be between 1 and num_eigenvalues={k}, got {self.max_edge!r}"
             )
-        for name in ("edge_margin", "restoring_rate", "refine_rtol"):
+        for name in ("edge_margin", "restoring_rate", "refine_rtol", "refresh_tolerance"):
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not (value >= 0 and np.isfinite(value)):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -543,6 +566,34 @@ class CentralFlow(VectorField):
         """K: the size of the complementarity problem, the leading K of the k tracked
         eigenvalues that may be at the edge: ``min(max_edge, k)``, k by default."""
         return self.k if self.max_edge is None else min(self.max_edge, self.k)
+
+    @property
+    def refresh_every(self) -> int:
+        """The most steps between refreshes of the eigen-basis: ``refresh_interval``, or
+        by default `REFRESH_INTERVAL` for GD and the RMSProp rules (adaptive,
+        `refresh_adaptive`) and 1 for the momentum rules (`in_sweep` sets 1)."""
+        if self.refresh_interval is not None:
+            return self.refresh_interval
+        return REFRESH_INTERVAL if self.rule.preconditioned else 1
+
+    @property
+    def refresh_adaptive(self) -> bool:
+        """Whether the interval between refreshes adapts (``refresh_interval=None``)."""
+        return self.refresh_interval is None and self.refresh_every > 1
+
+    def _next_interval(self, interval, carried: _Geometry, refreshed: _Geometry):
+        """The adaptive interval after a refresh: halved when the eigenvalues at the edge
+        carried by the held basis (``carried``) differ from the refreshed ones by more than
+        ``refresh_tolerance`` (relative to the threshold over 2), doubled when by less
+        than a quarter of it, between 1 and `refresh_every`."""
+        size = self.edge_size
+        active = jnp.arange(size) < jnp.maximum(carried.num_active, refreshed.num_active)
+        gap = jnp.abs(carried.values[:size] - refreshed.values[:size])
+        error = 2.0 * jnp.max(jnp.where(active, gap, 0.0)) / self.rule.stability_threshold
+        tolerance = self.refresh_tolerance
+        grown = jnp.where(error < 0.25 * tolerance, 2 * interval, interval)
+        interval = jnp.where(error > tolerance, interval // 2, grown)
+        return jnp.clip(interval, 1, self.refresh_every)
 
     @property
     def block_size(self) -> int:
@@ -623,6 +674,14 @@ class CentralFlow(VectorField):
         low = jnp.dtype(self.derivative_dtype)
         return self.problem.astype(low).flat_loss, low
 
+    def _third_derivatives(self, w, geometry: _Geometry) -> Array:
+        """``g_ij`` at w for the pairs of the active set of ``geometry`` (in
+        ``derivative_dtype``)."""
+        f_low, low = self._low_precision(w)
+        return _active_third_derivatives(
+            f_low, w.astype(low), geometry.u.astype(low), geometry.num_active
+        ).astype(w.dtype)
+
     def _evaluate(self, t, w, state, geometry: _Geometry, curvature=None, third=None):
         """The rates at (t, w, s) in the basis ``geometry.u``, with the pieces of the report.
 
@@ -634,10 +693,7 @@ class CentralFlow(VectorField):
         loss, g = loss_and_gradient(f, w)
         p_inv = self.rule.p_inv(t, state, f, w, g)
         if third is None:
-            f_low, low = self._low_precision(w)
-            third = _active_third_derivatives(
-                f_low, w.astype(low), u.astype(low), num_active
-            ).astype(w.dtype)
+            third = self._third_derivatives(w, geometry)
         if curvature is None:
             curvature = jnp.diag(geometry.values[: self.edge_size])
         stability = self.rule.stability_threshold * _quadratic_form(u, 1.0 / p_inv) - curvature
@@ -676,10 +732,14 @@ class CentralFlow(VectorField):
         return tuple(sorted({0, min(2, size), size}))
 
     def in_sweep(self) -> CentralFlow:
-        """In a sweep the edge system is formed on all K (`active_block`), unless asked."""
-        if self.active_block is None:
-            return dataclasses.replace(self, active_block=False)
-        return self
+        """In a sweep the edge system is formed on all K (`active_block`) and the basis is
+        refreshed every step (`refresh_interval`), unless asked: under vmap every branch
+        of a switch runs, so neither saves anything there."""
+        return dataclasses.replace(
+            self,
+            active_block=False if self.active_block is None else self.active_block,
+            refresh_interval=1 if self.refresh_interval is None else self.refresh_interval,
+        )
 
     def _edge_rates(self, t, w, state, g, p_inv, u, third, stability, num_active):
         """X (K×K), the SDCP residual and the rates ``(dw, ds, E[g⊙g])`` of a
@@ -709,7 +769,7 @@ class CentralFlow(VectorField):
         branch = jnp.searchsorted(jnp.asarray(sizes), num_active)
         return jax.lax.switch(branch, [on_block(r) for r in sizes])
 
-    def _summary(self, t, geometry: _Geometry, report: _Report) -> EdgeSummary:
+    def _summary(self, t, geometry: _Geometry, report: _Report, basis_age=0) -> EdgeSummary:
         k = self.k
         x, u, curvature, loss = report.x, geometry.u, report.curvature, report.loss
         g, grad_sq, residual = report.g, report.grad_sq, report.residual
@@ -729,6 +789,7 @@ class CentralFlow(VectorField):
             grad_norm_sq=jnp.sum(g * g),
             num_at_edge=_rank(x).astype(loss.dtype),
             sdcp_residual=residual,
+            basis_age=jnp.asarray(basis_age, jnp.real(loss).dtype),
         )
 
     # -- VectorField interface
@@ -757,10 +818,12 @@ class CentralFlow(VectorField):
         is 2/η), ``effective_eigenvalues`` those of P⁻¹H (edge at 2); ``sigma_*`` are the
         eigenvalues and trace of Σ; ``predicted_loss = L + ½⟨Σ, H⟩`` and
         ``predicted_grad_norm_sq = ‖g‖² + 4 Σ_i P_i² Σ_ii`` predict GD's time-averaged
-        loss and squared gradient norm. NaN where `CentralFlowSolver` did not fill them in
-        (other solvers). The optimizer state follows under the rule's names
-        (`UpdateRule.state_diagnostics`, e.g. RMSProp's ``nu``: ν(τ), which models the
-        discrete ν_{τ−½}); it is part of the flow's state, so it is never stale.
+        loss and squared gradient norm; ``basis_age`` counts the steps since the
+        eigen-basis was refined (`refresh_interval`; 0 where it was). NaN where
+        `CentralFlowSolver` did not fill them in (other solvers). The optimizer state
+        follows under the rule's names (`UpdateRule.state_diagnostics`, e.g. RMSProp's
+        ``nu``: ν(τ), which models the discrete ν_{τ−½}); it is part of the flow's state,
+        so it is never stale.
         """
         summary = y[2]
         fresh = jnp.abs(summary.time - t) <= 1e-3 * (1 + jnp.abs(t))
@@ -819,6 +882,7 @@ class _SolverState(eqx.Module):
     has_first: Array
     curvature: Array  # UᵀH(w)U at the current point, U = geometry.u
     held_steps: Array  # steps since the last refinement of the eigenvectors
+    interval: Array  # steps between refinements (adaptive: `CentralFlow.refresh_interval`)
     refreshed_values: Array  # the eigenvalues at the last refinement
     rates: Array  # their rates per step between the last two refinements
 
@@ -873,9 +937,10 @@ class CentralFlowSolver(diffrax.AbstractSolver):
             jnp.zeros((size * (size + 1) // 2,) + w0.shape, w0.dtype),
         )
         curvature = jnp.diag(geometry.values[:size])
+        interval = 1 if field.refresh_adaptive else field.refresh_every
         return _SolverState(
-            geometry, first, jnp.asarray(False), curvature, jnp.asarray(0), geometry.values,
-            jnp.zeros_like(geometry.values),
+            geometry, first, jnp.asarray(False), curvature, jnp.asarray(0),
+            jnp.asarray(interval), geometry.values, jnp.zeros_like(geometry.values),
         )
 
     def func(self, terms, t0, y0, args):
@@ -938,33 +1003,43 @@ class CentralFlowSolver(diffrax.AbstractSolver):
         s1 = advance(s0, k_s, a[last])
 
         since = solver_state.held_steps + 1  # steps since the last refinement, at w₁
+        interval = solver_state.interval
+        # UᵀHU at w₁ for the held basis U₀, to first order in w₁ − w₀.
+        curvature1 = curvature0 + _unpack(third0 @ (w1 - w0), field.edge_size)
 
+        # The branches give the basis at w₁, UᵀHU and g_ij there; the rates are evaluated
+        # once, after them (one copy of the edge system to compile, not two).
         def refreshed():
             geometry1 = field._refined_geometry(t1, w1, s1, geometry0.vectors)
-            evaluation1, report = field._evaluate(t1, w1, s1, geometry1)
             rates = (geometry1.values - solver_state.refreshed_values) / since
-            return geometry1, evaluation1, report, jnp.asarray(0), geometry1.values, rates
+            if field.refresh_adaptive:
+                carried = field._held_geometry(t1, w1, s1, geometry0, curvature1)
+                next_interval = field._next_interval(interval, carried, geometry1)
+            else:
+                next_interval = interval
+            return (geometry1, jnp.diag(geometry1.values[: field.edge_size]),
+                    field._third_derivatives(w1, geometry1), jnp.asarray(0), next_interval,
+                    geometry1.values, rates)
 
         def held():
-            curvature1 = curvature0 + _unpack(third0 @ (w1 - w0), field.edge_size)
             geometry1 = field._held_geometry(t1, w1, s1, geometry0, curvature1)
-            evaluation1, report = field._evaluate(t1, w1, s1, geometry1, curvature1, third0)
-            return (geometry1, evaluation1, report, since, solver_state.refreshed_values,
-                    solver_state.rates)
+            return (geometry1, curvature1, third0, since, interval,
+                    solver_state.refreshed_values, solver_state.rates)
 
-        if field.refresh_interval == 1:
+        if field.refresh_every == 1:
             outcome = refreshed()
         else:
             entering = field._entering(
                 geometry0, solver_state.refreshed_values, solver_state.rates, since + 1
             )
-            due = since >= field.refresh_interval
+            due = since >= interval
             outcome = jax.lax.cond(due | entering, refreshed, held)
-        geometry1, evaluation1, report, held_steps, refreshed_values, rates = outcome
-        y1 = (w1, s1, field._summary(t1, geometry1, report))
+        geometry1, curvature, third1, held_steps, interval1, refreshed_values, rates = outcome
+        evaluation1, report = field._evaluate(t1, w1, s1, geometry1, curvature, third1)
+        y1 = (w1, s1, field._summary(t1, geometry1, report, held_steps))
         state1 = _SolverState(
             geometry1, evaluation1, jnp.asarray(True), report.curvature, held_steps,
-            refreshed_values, rates,
+            interval1, refreshed_values, rates,
         )
         return y1, None, dict(y0=y0, y1=y1), state1, diffrax.RESULTS.successful
 
