@@ -2,7 +2,8 @@
 
 Central flow of GD (Cohen, Damian, Talwalkar, Kolter and Lee, ICLR 2025), integrated by
 the library's default `CentralFlowSolver` (classic RK4, one step per GD step, warm-started
-eigenvectors refreshed every 8 steps), against GD from the same start, in float64.
+eigenvectors refined every 1 to 8 steps, adaptively), against GD from the same start, in
+float64.
 
 1. Reference case: `flows.problems.reference_mlp()` (8-16-16-1 swish MLP, 128 standard-
    normal inputs and targets, plain mean squared error), η = 0.1, 1000 steps, 5 tracked
