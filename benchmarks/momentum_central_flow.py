@@ -20,8 +20,13 @@ relative error after the edge, also with the prediction smoothed alike); run tim
 Outputs (``--out``, default ``runs/momentum_central_flow/``): ``results.json``, ``table.md``
 and ``<case>.png`` (loss; effective sharpness against c; distances to the run).
 
-Run: ``python benchmarks/momentum_central_flow.py [--quick] [--out DIR]`` (``--quick``: the
-Adam reference case, 600 steps).
+Both flows also take over each run at step ``--take-over`` K (100 by default;
+`simulate`'s ``start_from``: the run's w_K and optimizer state), past the first steps that
+no flow follows, and are compared with the rest of the run (a second table).
+``--beta-scan``: heavy ball on the reference MLP at η = 0.1 for β from 0.1 to 0.9.
+
+Run: ``python benchmarks/momentum_central_flow.py [--quick | --beta-scan] [--out DIR]``
+(``--quick``: the Adam reference case, 600 steps).
 """
 
 from __future__ import annotations
@@ -72,9 +77,15 @@ CASES = {
     "digits, Adam": (digits_mlp, "adam", 0.004, ADAM, 2300),
     "digits 300×64, heavy ball": (wide_digits_mlp, "momentum", 0.1, {"beta": 0.9}, 3000),
 }
+# Heavy ball on the reference MLP at η = 0.1 (GD's reference rate) as β grows (`--beta-scan`).
+BETA_SCAN = {
+    f"reference, heavy ball, η = 0.1, β = {beta}": (
+        reference_mlp, "momentum", 0.1, {"beta": beta}, 1000)
+    for beta in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+}
 
 
-def run_case(name, make_problem, optimizer, lr, options, steps, out):
+def run_case(name, make_problem, optimizer, lr, options, steps, out, take_over=0):
     problem = make_problem()
     print(f"== {name}: {problem.num_params} parameters, {optimizer}, η = {lr}, {options}",
           flush=True)
@@ -128,6 +139,10 @@ def run_case(name, make_problem, optimizer, lr, options, steps, out):
             result[f"stable_vs_disc_{key}"]["final"] / result[f"cf_vs_disc_{key}"]["final"])
         result[f"cf_closer_from_{key}"] = closer_from(rel_cf, rel_sf, edge)
         rel[key] = (rel_cf, rel_sf)
+    if take_over:
+        result["taken_over"] = taken_over(problem, optimizer, common, take_over,
+                                          {"float64": disc, "float32": disc32})
+        rel["taken_over"] = result["taken_over"].pop("series")
 
     smooth_loss = np.asarray(gaussian_smooth(np.asarray(disc32.loss, np.float64), SIGMA))
     window = np.arange(max(edge, 2 * SIGMA), steps + 1 - 2 * SIGMA)
@@ -145,6 +160,35 @@ def run_case(name, make_problem, optimizer, lr, options, steps, out):
          stable, cf, edge, smooth_loss, (disc_steps, disc_mu), (check_steps, check_mu), rel)
     print("   " + json.dumps({k: v for k, v in result.items() if k != "options"}), flush=True)
     return result
+
+
+def taken_over(problem, optimizer, common, start, runs):
+    """Both flows taking over each run at step ``start`` (`simulate`'s ``start_from``:
+    w_k and the optimizer state as the rule aligns it, the step count going on), against
+    the rest of that run: distances on the whole run's scale ‖w_disc − w₀‖."""
+    out, series = {"step": start}, None
+    steps = common["steps"] - start
+    for key, run in runs.items():
+        taken = {
+            name: flows.simulate(problem, method, optimizer=optimizer, start_from=(run, start),
+                                 **{**common, "steps": steps}, **options)
+            for name, method, options in (("stable", "gradient_flow", {}),
+                                          ("cf", "central_flow", {"num_eigenvalues": 3}))
+        }
+        sigma = np.asarray(taken["cf"].extras["sigma_trace"])
+        edge = start + max(first_at_edge(sigma), 0)
+        head = np.asarray(run.params[:start], np.float64)
+        rel = {}
+        for name, flow in taken.items():
+            padded = np.concatenate([head, np.asarray(flow.params)])
+            rel[name], out[f"{name}_vs_disc_{key}"] = distances(padded, run.params, edge)
+        out[f"edge_{key}"] = edge
+        out[f"stable_over_cf_final_{key}"] = (
+            out[f"stable_vs_disc_{key}"]["final"] / out[f"cf_vs_disc_{key}"]["final"])
+        if key == "float32":
+            series = (rel["cf"], rel["stable"], start)
+    out["series"] = series
+    return out
 
 
 def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, check, rel):
@@ -170,6 +214,10 @@ def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, c
     ax.plot(steps, rel["float32"][0], c="k", label="central flow vs float32 run")
     ax.plot(steps, rel["float64"][0], c="C1", label="central flow vs float64 run")
     ax.plot(steps, rel["float32"][1], c="r", ls="--", label="stable flow vs float32 run")
+    if "taken_over" in rel:
+        ax.plot(steps, rel["taken_over"][0], c="g", label="central flow from the run's step "
+                f"{rel['taken_over'][2]} (float32)")
+        ax.plot(steps, rel["taken_over"][1], c="g", ls="--", label="stable flow from there")
     ax.axvline(edge, c="gray", ls=":", label="edge (CF)")
     ax.set_yscale("log")
     ax.set_title("‖w_disc − w‖ / ‖w_disc − w₀‖")
@@ -178,6 +226,26 @@ def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, c
         ax.set_xlabel("step")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def take_over_table(results) -> str:
+    lines = [
+        "| case | taken over at step | CF edge | CF vs run (float32): final / worst after "
+        "edge | stable flow final (float32) | stable ÷ CF (float32 / float64) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if "taken_over" not in r:
+            continue
+        t = r["taken_over"]
+        lines.append(
+            f"| {name} | {t['step']} | {t['edge_float32']} | "
+            f"{t['cf_vs_disc_float32']['final']:.2%} / "
+            f"{t['cf_vs_disc_float32']['max_after_edge']:.2%} | "
+            f"{t['stable_vs_disc_float32']['final']:.2%} | "
+            f"{t['stable_over_cf_final_float32']:.1f}× / {t['stable_over_cf_final_float64']:.1f}× |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def table(results) -> str:
@@ -214,14 +282,25 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("runs/momentum_central_flow"))
     parser.add_argument("--quick", action="store_true", help="the Adam reference case, 600 steps")
     parser.add_argument("--cases", nargs="*", help="names of cases to run (default: all)")
+    parser.add_argument(
+        "--beta-scan", action="store_true",
+        help="heavy ball on the reference MLP at η = 0.1 for β from 0.1 to 0.9 (no take-over)")
+    parser.add_argument(
+        "--take-over", type=int, default=100, metavar="K",
+        help="also start both flows from each run's state at step K (0: not)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cases = {k: v for k, v in CASES.items() if not args.cases or k in args.cases}
+    if args.beta_scan:
+        cases, args.take_over = BETA_SCAN, 0
     if args.quick:
         make, optimizer, lr, options, _ = CASES["reference, Adam"]
         cases = {"reference, Adam": (make, optimizer, lr, options, 600)}
-    results = {name: run_case(name, *case, out=args.out) for name, case in cases.items()}
+    results = {name: run_case(name, *case, out=args.out, take_over=args.take_over)
+               for name, case in cases.items()}
     text = table(results)
+    if args.take_over:
+        text += "\n" + take_over_table(results)
     print(text)
     machine = {"platform": platform.platform(), "devices": str(jax.devices()),
                "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}

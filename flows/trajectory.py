@@ -78,10 +78,18 @@ class Trajectory(eqx.Module):
         return self.params[..., -1, :]
 
     def distance_to(self, other: Trajectory) -> Float[Array, "*batch T"]:
-        """‖w_self(k) − w_other(k)‖ at the common saved steps."""
-        if self.params.shape != other.params.shape:
-            raise ValueError(
-                f"cannot compare trajectories saved with shapes {self.params.shape} "
-                f"and {other.params.shape}: use the same steps and save_every"
-            )
+        """‖w_self(k) − w_other(k)‖ at the common saved steps, in order: all of them for
+        runs saved alike, those from step k on for a run taken over at step k
+        (`flows.simulate`'s ``start_from``) against the run it took over."""
+        mine, theirs = np.asarray(self.steps), np.asarray(other.steps)
+        if mine.shape != theirs.shape or np.any(mine != theirs):
+            common = np.intersect1d(mine, theirs) if mine.ndim == theirs.ndim == 1 else []
+            if len(common) == 0:
+                raise ValueError(
+                    f"cannot compare trajectories saved with shapes {self.params.shape} "
+                    f"and {other.params.shape} at no common step: use the same steps and "
+                    "save_every")
+            return jnp.linalg.norm(
+                self.params[np.searchsorted(mine, common)]
+                - other.params[np.searchsorted(theirs, common)], axis=-1)
         return jnp.linalg.norm(self.params - other.params, axis=-1)

@@ -86,3 +86,54 @@ def test_a_learning_rate_the_dtype_cannot_hold_is_refused(quadratic):
             flows.sweep(single, "gd", lrs=[0.1, lr], steps=2)
     flows.simulate(quadratic[0], "gd", lr=1e-300, steps=2)  # float64 holds it
 
+
+
+def test_a_discrete_run_taken_over_goes_on_as_the_uninterrupted_run(quadratic):
+    quadratic = quadratic[0]
+    full = flows.simulate(quadratic, "rmsprop", lr=0.2, steps=30, beta2=0.9)
+    rest = flows.simulate(quadratic, "rmsprop", lr=0.2, steps=18, beta2=0.9,
+                          start_from=(full, 12))
+    np.testing.assert_array_equal(rest.steps, np.arange(12, 31))
+    np.testing.assert_array_equal(rest.params, full.params[12:])
+    np.testing.assert_array_equal(rest.extras["nu"], full.extras["nu"][12:])
+    # compared at the steps both have, 12 … 30
+    np.testing.assert_array_equal(rest.distance_to(full), np.zeros(19))
+    with pytest.raises(ValueError, match="no common step"):
+        rest.distance_to(flows.simulate(quadratic, "rmsprop", lr=0.2, steps=10, beta2=0.9))
+    # a stateless rule needs no saved state: any saved step will do
+    full = flows.simulate(quadratic, "gd", lr=0.2, steps=30, save_every=5)
+    rest = flows.simulate(quadratic, "gd", lr=0.2, steps=10, start_from=(full, np.int64(20)))
+    np.testing.assert_allclose(rest.params[::5], full.params[4:], rtol=1e-12)
+
+
+def test_a_flow_taking_over_at_step_0_is_the_flow_from_the_start(quadratic):
+    quadratic = quadratic[0]
+    run = flows.simulate(quadratic, "gd", lr=0.3, steps=5)
+    for method in ("gradient_flow", "central_flow"):
+        fresh = flows.simulate(quadratic, method, lr=0.3, steps=20)
+        taken = flows.simulate(quadratic, method, lr=0.3, steps=20, start_from=(run, 0))
+        np.testing.assert_allclose(taken.params, fresh.params, rtol=1e-13, atol=1e-15)
+
+
+def test_what_start_from_cannot_take_over_is_refused_by_name(quadratic, tmp_path):
+    quadratic = quadratic[0]
+    run = flows.simulate(quadratic, "rmsprop", lr=0.2, steps=10, save_every=2)
+    gd = flows.simulate(quadratic, "gd", lr=0.2, steps=10)
+    flow = flows.simulate(quadratic, "gradient_flow", lr=0.2, steps=10)
+    sweep = flows.sweep(quadratic, "gd", lrs=[0.1, 0.2], steps=10)
+    cases = [
+        (dict(start_from=run), "a pair"),
+        (dict(start_from=(flow, 2)), "'gradient_flow' trajectory"),
+        (dict(start_from=(sweep, 2)), "not a sweep"),
+        (dict(start_from=(gd, 2), method="gradient_flow", optimizer="rmsprop"), "'gd' run"),
+        (dict(start_from=(run, 2), method="gradient_flow"), "optimizer='rmsprop'"),
+        (dict(start_from=(run, 2), lr=0.1), "learning rate 0.2"),
+        (dict(start_from=(run, 3)), "step 3 is not a saved step"),
+        (dict(start_from=(run, 4)), "state of step 3"),
+        (dict(start_from=(run, -1)), "start_from's step"),
+        (dict(start_from=(run, 4), checkpoint_dir=tmp_path), "checkpoint_dir"),
+    ]
+    for overrides, message in cases:
+        kwargs = {"method": "rmsprop", "lr": 0.2, "steps": 4, **overrides}
+        with pytest.raises(ValueError, match=message):
+            flows.simulate(quadratic, kwargs.pop("method"), **kwargs)

@@ -62,7 +62,7 @@ from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
 from .base import UpdateRule
-from .rmsprop import bias_correction, inverse_root
+from .rmsprop import bias_correction, half_step, inverse_root
 
 __all__ = ["Adam", "AdamW"]
 
@@ -143,17 +143,20 @@ class Adam(UpdateRule):
     def step_p_inv(self, step, state, f, w, g):
         return self._p_inv(state[1], step + 1)
 
-    def initial_flow_state(self, f, w):
-        """μ(0) = μ_{−½} = g₀ + β₁^{½} (μ_{−1} − g₀), ν(0) = ν_{−½} likewise with g₀ ⊙ g₀."""
+    def initial_flow_state(self, f, w, state=None):
+        """μ(k) = μ_{k−½} = g_k + β₁^{½} (μ_{k−1} − g_k), ν(k) = ν_{k−½} likewise with
+        g_k ⊙ g_k; μ_{−1} = ν_{−1} = 0 at the start."""
         g = jnp.real(gradient(f)(w))
-        mu, nu = self.init(f, w)
-        return (g + jnp.sqrt(self.beta1) * (mu - g),
-                g * g + jnp.sqrt(self.beta2) * (nu - g * g))
+        mu, nu = self.init(f, w) if state is None else state
+        return half_step(g, mu, self.beta1), half_step(g * g, nu, self.beta2)
 
     def state_diagnostics(self, state):
         """``{"mu": μ, "nu": ν}``: μ_k, ν_k in a discrete run; μ(k) ≈ μ_{k−½}, ν(k) ≈
         ν_{k−½} on a flow."""
         return {"mu": state[0], "nu": state[1]}
+
+    def state_from_diagnostics(self, diagnostics):
+        return diagnostics["mu"], diagnostics["nu"]
 
 
 class AdamW(Adam):

@@ -129,14 +129,19 @@ class UpdateRule(eqx.Module):
         """Raise ValueError if these hyperparameters have no continuous-time counterpart
         (called when a flow is built on the rule; nothing to check by default)."""
 
-    def initial_flow_state(self, f: Loss, w: Float[Array, " n"]) -> State:
-        """The state s(0) a flow starts from, by default the discrete state after step 0.
+    def initial_flow_state(
+        self, f: Loss, w: Float[Array, " n"], state: State = None
+    ) -> State:
+        """The state a flow starts from at w: by default the discrete state of the step there.
 
-        Step k uses s_k, which already includes g_k (``update`` returns it), so a flow
-        whose s(τ) models s_τ starts from s_0 = update(s_{−1}, g_0). Rules whose flow
-        state is aligned differently (RMSProp: ν(τ) models ν_{τ−½}) override this.
+        ``state`` is the discrete state before that step: s_{k−1} where a flow takes
+        over a run at step k (`flows.simulate`'s ``start_from``), ``init`` (s_{−1}) by
+        default. Step k uses s_k = update(s_{k−1}, g_k), so a flow whose s(τ) models s_τ
+        starts from s_k. Rules whose flow state is aligned differently (RMSProp: ν(τ)
+        models ν_{τ−½}) override this.
         """
-        return self.update(jnp.asarray(0), self.init(f, w), f, w, gradient(f)(w))[1]
+        state = self.init(f, w) if state is None else state
+        return self.update(jnp.asarray(0), state, f, w, gradient(f)(w))[1]
 
     def p_inv(self, t: Scalar, state: State, f: Loss, w: Float[Array, " n"], g: Array):
         """``P⁻¹`` at continuous time t (scalar or diagonal), from the flow's state s(t)."""
@@ -159,3 +164,8 @@ class UpdateRule(eqx.Module):
         ``{"nu": ν}``, so the state of a flow can be compared with the optimizer's.
         """
         return {}
+
+    def state_from_diagnostics(self, diagnostics: dict[str, Array]) -> State:
+        """The state s_k back from its `state_diagnostics` (one saved row of a run):
+        ``None`` for stateless rules; rules with a state override it."""
+        return None

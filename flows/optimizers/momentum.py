@@ -59,6 +59,7 @@ from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
 from .base import UpdateRule
+from .rmsprop import half_step
 
 __all__ = ["Momentum", "Nesterov"]
 
@@ -116,14 +117,18 @@ class Momentum(UpdateRule):
     def velocity(self, t, state, f, w, g, grad_sq=None):
         return -self.lr * self._direction(state, g), self.derivative(t, state, f, w, g)[1]
 
-    def initial_flow_state(self, f, w):
-        """m(0) = m_{−½} = x₀ + β^{½} (m_{−1} − x₀), x₀ = g₀/(1 − β): g₀/(1 + √β) from 0."""
+    def initial_flow_state(self, f, w, state=None):
+        """m(k) = m_{k−½} = x_k + β^{½} (m_{k−1} − x_k), x_k = g_k/(1 − β): g₀/(1 + √β) at
+        the start (m_{−1} = 0)."""
         forcing = jnp.real(gradient(f)(w)) / (1 - self.beta)
-        return forcing + jnp.sqrt(self.beta) * (self.init(f, w) - forcing)
+        return half_step(forcing, self.init(f, w) if state is None else state, self.beta)
 
     def state_diagnostics(self, state):
         """``{"momentum": m}``: m_k in a discrete run; m(k) ≈ m_{k−½} on a flow."""
         return {"momentum": state}
+
+    def state_from_diagnostics(self, diagnostics):
+        return diagnostics["momentum"]
 
 
 class Nesterov(Momentum):

@@ -23,14 +23,18 @@ from ..problem import Problem
 __all__ = ["VectorField", "initial_optimizer_state"]
 
 
-def initial_optimizer_state(rule: UpdateRule, problem: Problem):
-    """The optimizer state s(0) the flow starts from: `UpdateRule.initial_flow_state`.
+def initial_optimizer_state(rule: UpdateRule, problem: Problem, w=None, state=None):
+    """The optimizer state a flow starts from at w (the problem's w₀ by default):
+    `UpdateRule.initial_flow_state`.
 
-    By default the discrete state after step 0: the discrete step k uses s_k, which
+    By default the discrete state of the step there: the discrete step k uses s_k, which
     already includes g_k (e.g. RMSProp's ν_k), so s(0) = s_0 = update(s_{−1}, g_0);
-    RMSProp's flow state is aligned half a step earlier (ν(0) = ν_{−½}).
+    RMSProp's flow state is aligned half a step earlier (ν(0) = ν_{−½}). ``state`` is
+    the discrete state before that step (s_{k−1} where the flow takes over a run at
+    step k; the rule's ``init`` by default).
     """
-    return rule.initial_flow_state(problem.flat_loss, problem.w0)
+    w = problem.w0 if w is None else w
+    return rule.initial_flow_state(problem.flat_loss, w, state)
 
 
 class VectorField(eqx.Module):
@@ -51,9 +55,16 @@ class VectorField(eqx.Module):
     def __call__(self, t: Scalar, y: PyTree, args) -> PyTree:
         raise NotImplementedError
 
-    def initial_state(self) -> PyTree:
-        """y(0): by default ``(w_0, s_0)``."""
-        return self.problem.w0, initial_optimizer_state(self.rule, self.problem)
+    def initial_state(self, w=None, state=None, t0=0) -> PyTree:
+        """y(τ₀): by default ``(w_0, s_0)`` at τ₀ = 0.
+
+        ``w``, ``state`` and ``t0`` take over a discrete run at step t0 = k from its
+        w_k and the state s_{k−1} before that step (`flows.simulate`'s ``start_from``):
+        ``(w_k, s_k)``, with s_k aligned as the rule's flow state is
+        (`initial_optimizer_state`).
+        """
+        w = self.problem.w0 if w is None else w
+        return w, initial_optimizer_state(self.rule, self.problem, w, state)
 
     def parameters(self, y: PyTree) -> Float[Array, " n"]:
         """The (real) parameter vector held in the state y."""

@@ -800,9 +800,9 @@ class CentralFlow(VectorField):
         geometry = self._exact_geometry(t, w, state)
         return self._summary(t, geometry, self._evaluate(t, w, state, geometry)[1])
 
-    def initial_state(self):
-        w0, s0 = super().initial_state()
-        t0 = jnp.zeros((), jnp.real(w0).dtype)
+    def initial_state(self, w=None, state=None, t0=0):
+        w0, s0 = super().initial_state(w, state, t0)
+        t0 = jnp.asarray(t0, jnp.real(w0).dtype)
         return w0, s0, self.evaluate(t0, w0, s0)
 
     def __call__(self, t, y, args):

@@ -113,9 +113,9 @@ class PrincipalFlow(VectorField):
             return self.path
         return "dense" if self.problem.num_params <= AUTO_DENSE_MAX_PARAMS else "lanczos"
 
-    def initial_state(self) -> tuple[Complex[Array, " n"], None]:
+    def initial_state(self, w=None, state=None, t0=0) -> tuple[Complex[Array, " n"], None]:
         """``(w₀ + 0i, None)``: complex from the start (GD has no optimizer state)."""
-        w0 = self.problem.w0
+        w0 = self.problem.w0 if w is None else w
         return w0.astype(jnp.result_type(w0.dtype, jnp.complex64)), None
 
     def __call__(self, t, y, args):

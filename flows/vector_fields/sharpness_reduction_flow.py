@@ -137,8 +137,9 @@ class SharpnessReductionFlow(VectorField):
     def __call__(self, t, y, args):
         return self.rule.lr**2 * self.rescaled_velocity(y)
 
-    def initial_state(self) -> Float[Array, " n"]:
-        return self.project_to_manifold(self.problem.w0)
+    def initial_state(self, w=None, state=None, t0=0) -> Float[Array, " n"]:
+        """w (w₀ by default) projected onto the manifold the flow moves on."""
+        return self.project_to_manifold(self.problem.w0 if w is None else w)
 
     def parameters(self, y):
         return jnp.real(y)

@@ -128,6 +128,42 @@ def test_adam_flow_is_exact_on_a_linear_loss():
     np.testing.assert_allclose(flow.extras["nu"], a * a * (1 - 0.99**counts), rtol=1e-8)
 
 
+def test_flows_taking_over_a_run_on_a_linear_loss_are_its_closed_form():
+    """A constant gradient a, the run taken over at step K = 7 (`simulate`'s start_from):
+    heavy ball's m_k = x (1 − β^{k+1}), x = a/(1 − β), so a flow whose m(τ) models
+    m_{τ−½} carries m(τ) = x (1 − β^{τ+½}) from τ = K on and moves by
+    ``−η x [(τ − K) − (β^{τ+½} − β^{K+½})/log β]``; Adam's μ̂ = a, ν̂ = a ⊙ a at every
+    τ only if its bias correction goes on counting from K (a count restarted at 0 would
+    overcorrect the carried moments)."""
+    a = jnp.asarray([1.5, -0.2, 3.0, -0.7])
+    problem = flows.Problem(lambda w: jnp.dot(a, w), jnp.asarray([0.3, -1.0, 0.5, 2.0]))
+    lr, steps, start = 0.05, 20, 7
+    tight = flows.Integrator(rtol=1e-11, atol=1e-13)
+    tau = np.arange(start, steps + 1, dtype=float)[:, None]
+    a = np.asarray(a)
+
+    beta = 0.9
+    run = flows.simulate(problem, "momentum", lr=lr, steps=steps, beta=beta)
+    flow = flows.simulate(problem, "gradient_flow", optimizer="momentum", lr=lr,
+                          steps=steps - start, beta=beta, integrator=tight,
+                          start_from=(run, start))
+    x = a / (1 - beta)
+    moved = (tau - start) - (beta ** (tau + 0.5) - beta ** (start + 0.5)) / np.log(beta)
+    np.testing.assert_array_equal(flow.steps, np.arange(start, steps + 1))
+    np.testing.assert_allclose(flow.params, run.params[start] - lr * x * moved, rtol=1e-9)
+    np.testing.assert_allclose(flow.extras["momentum"], x * (1 - beta ** (tau + 0.5)),
+                               rtol=1e-9)
+
+    options = {"beta1": 0.9, "beta2": 0.99, "eps": 1e-3}
+    run = flows.simulate(problem, "adam", lr=lr, steps=steps, **options)
+    flow = flows.simulate(problem, "gradient_flow", optimizer="adam", lr=lr,
+                          steps=steps - start, integrator=tight, start_from=(run, start),
+                          **options)
+    np.testing.assert_allclose(flow.params, run.params[start:], rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(flow.extras["mu"], a * (1 - 0.9 ** (tau + 0.5)), rtol=1e-8)
+    np.testing.assert_allclose(flow.extras["nu"], a * a * (1 - 0.99 ** (tau + 0.5)), rtol=1e-8)
+
+
 @functools.cache
 def _controlled_quadratic():
     """½ wᵀHw from a w₀ whose gradient is ±3 to ±4 in every coordinate: over the physical

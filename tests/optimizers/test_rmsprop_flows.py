@@ -58,8 +58,8 @@ class _NuK(eqx.Module):
         grad_sq = g * g if grad_sq is None else grad_sq
         return self._p_inv(state, t + 1), self.rate * (self._second_moment(grad_sq) - state)
 
-    def initial_flow_state(self, f, w):
-        return UpdateRule.initial_flow_state(self, f, w)
+    def initial_flow_state(self, f, w, state=None):
+        return UpdateRule.initial_flow_state(self, f, w, state)
 
 
 class _NuKScalarRMSProp(_NuK, ScalarRMSProp):
