@@ -185,9 +185,11 @@ def run_case(name, problem, lr, steps, *, tight_check, out, timing_float32=False
     }
     # Steps where the eigen-basis was refined (`refresh_interval`), after the edge too.
     age = np.rint(np.asarray(cf.extras["basis_age"]))
-    edge = int(np.argmax(np.asarray(cf.extras["num_at_edge"]) > 0))
-    result["refreshed_steps"] = {"all": float(np.mean(age == 0)),
-                                 "after_edge": float(np.mean(age[edge:] == 0))}
+    edge = first_at_edge(cf.extras["sigma_trace"])
+    result["refreshed_steps"] = {
+        "all": float(np.mean(age == 0)),
+        "after_edge": float(np.mean(age[edge:] == 0)) if edge >= 0 else float("nan"),
+    }
     print(f"   central flow {cf.wall_time:.2f} s (compile {cf.compile_time:.1f} s), "
           f"GD {gd_time:.3f} s, ratio {cf.wall_time / gd_time:.1f}; basis refined at "
           f"{100 * result['refreshed_steps']['after_edge']:.0f}% of the steps after the edge",
