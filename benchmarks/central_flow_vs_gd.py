@@ -342,7 +342,7 @@ def main():
         )
     elif args.case != "digits":
         results["reference"] = run_case(
-            "reference", reference_mlp(), 0.1, 300 if args.quick else 1000,
+            "reference", reference_mlp(), 0.1, 500 if args.quick else 1000,
             tight_check=not args.quick, out=args.out, timing_float32=True, options=args.options,
         )
     if not args.quick and args.case in ("digits", "both"):
