@@ -687,7 +687,14 @@ class CentralFlow(VectorField):
 
         ``curvature = UᵀH(w)U`` (default: the eigenvalues, U the eigenvectors at w) and
         ``third = g_ij`` at w (default: computed here).
+
+        Traced once per structure of its arguments (a nested jit): diffrax traces a solver
+        step several times (shape inference, then the loop) and the edge system is most
+        of a step's trace.
         """
+        return _evaluate_traced_once(self, t, w, state, geometry, curvature, third)
+
+    def _evaluate_body(self, t, w, state, geometry: _Geometry, curvature=None, third=None):
         f = self.problem.flat_loss
         u, num_active = geometry.u, geometry.num_active
         loss, g = loss_and_gradient(f, w)
@@ -703,12 +710,12 @@ class CentralFlow(VectorField):
             )
         else:
             size = self.edge_size
-            x = jnp.zeros((size, size), w.dtype)
-            residual = jnp.zeros((), w.dtype)
-            for _ in range(self.newton_steps):
+
+            def newton_step(_, carry):
+                x, _ = carry
                 system = jax.lax.cond(
                     num_active > 0,
-                    lambda x=x: momentum_edge_system(
+                    lambda: momentum_edge_system(
                         self.rule, f, t, w, state, u, num_active, self.restoring_rate, x
                     ),
                     lambda: EdgeSystem(
@@ -716,7 +723,14 @@ class CentralFlow(VectorField):
                         .reshape((size,) * 4)
                     ),
                 )
-                x, residual = _solve_active(system.a0, system.beta, num_active)
+                return _solve_active(system.a0, system.beta, num_active)
+
+            # A loop, not an unrolled Python one: the edge system (fourth derivatives)
+            # is traced and compiled once, however many Newton steps are taken.
+            x, residual = jax.lax.fori_loop(
+                0, self.newton_steps, newton_step,
+                (jnp.zeros((size, size), w.dtype), jnp.zeros((), w.dtype)),
+            )
             dw, ds, grad_sq = _flow_rates(self.rule, f, t, w, state, g, p_inv, u, third, x)
         report = _Report(x, curvature, loss, g, grad_sq, residual)
         return _Evaluation(dw, ds, third), report
@@ -862,6 +876,11 @@ TABLEAUS = {
     "rk4": _tableau([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
 }
 _ORDERS = {"euler": 1, "heun": 2, "rk3": 3, "rk4": 4}
+
+
+@eqx.filter_jit
+def _evaluate_traced_once(field, t, w, state, geometry, curvature, third):
+    return field._evaluate_body(t, w, state, geometry, curvature, third)
 
 
 def _unwrap(terms) -> CentralFlow:
