@@ -64,6 +64,10 @@ class UpdateRule(eqx.Module):
     #: momentum rules, whose `step`/`velocity` are their own.
     preconditioned: ClassVar[bool] = True
 
+    #: Whether the central flow's stability condition is affine in Σ, so that one
+    #: Newton step solves it (heavy ball: Σ enters only the momentum's rate, linearly).
+    affine_edge_condition: ClassVar[bool] = False
+
     @abc.abstractmethod
     def init(self, f: Loss, w: Float[Array, " n"]) -> State:
         """The state s before the first step (``None`` for stateless rules)."""

@@ -79,6 +79,7 @@ class Momentum(UpdateRule):
 
     preconditioned: ClassVar[bool] = False
     nesterov: ClassVar[bool] = False
+    affine_edge_condition: ClassVar[bool] = True
 
     def check_continuous(self):
         # dm/dτ = −log(β)(…): β = 0 (plain GD) relaxes infinitely fast.
@@ -138,3 +139,4 @@ class Nesterov(Momentum):
     """
 
     nesterov: ClassVar[bool] = True
+    affine_edge_condition: ClassVar[bool] = False  # ẇ = −η(E[g] + βm) depends on Σ

@@ -497,8 +497,9 @@ class CentralFlow(VectorField):
             `momentum_edge_system`) always form it on all K. ``None`` (default): on in a
             run, off in a `flows.sweep`, where every branch would run.
         newton_steps: momentum rules only: Newton steps on their second-order stability
-            condition, quadratic in X (`momentum_edge_system`); one is exact for heavy
-            ball, two bring Adam and Nesterov to rounding on the analytic tests.
+            condition, quadratic in X (`momentum_edge_system`). ``None`` (default): one
+            for heavy ball, where it is exact (the condition is affine in X), two for
+            Adam and Nesterov (to rounding on the analytic tests).
         eigensolver: the from-scratch eigensolver, for the first step and for generic
             diffrax solvers (by default dense up to 128 parameters, Lanczos with 100
             Krylov vectors above).
@@ -517,7 +518,7 @@ class CentralFlow(VectorField):
     stage_third_derivatives: bool = eqx.field(static=True, default=False)
     refresh_interval: int | None = eqx.field(static=True, default=None)
     refresh_tolerance: float = 1e-3
-    newton_steps: int = eqx.field(static=True, default=2)
+    newton_steps: int | None = eqx.field(static=True, default=None)
     active_block: bool | None = eqx.field(static=True, default=None)
     eigensolver: EigenSolver | None = None
 
@@ -532,7 +533,7 @@ class CentralFlow(VectorField):
             ("refresh_interval", 1),
         ):
             value = getattr(self, name)
-            if name == "refresh_interval" and value is None:
+            if name in ("refresh_interval", "newton_steps") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
@@ -575,6 +576,14 @@ class CentralFlow(VectorField):
         if self.refresh_interval is not None:
             return self.refresh_interval
         return REFRESH_INTERVAL if self.rule.preconditioned else 1
+
+    @property
+    def newton_iterations(self) -> int:
+        """``newton_steps``, or by default one where the rule's stability condition is
+        affine in X (heavy ball: `UpdateRule.affine_edge_condition`), two elsewhere."""
+        if self.newton_steps is not None:
+            return self.newton_steps
+        return 1 if self.rule.affine_edge_condition else 2
 
     @property
     def refresh_adaptive(self) -> bool:
@@ -728,7 +737,7 @@ class CentralFlow(VectorField):
             # A loop, not an unrolled Python one: the edge system (fourth derivatives)
             # is traced and compiled once, however many Newton steps are taken.
             x, residual = jax.lax.fori_loop(
-                0, self.newton_steps, newton_step,
+                0, self.newton_iterations, newton_step,
                 (jnp.zeros((size, size), w.dtype), jnp.zeros((), w.dtype)),
             )
             dw, ds, grad_sq = _flow_rates(self.rule, f, t, w, state, g, p_inv, u, third, x)

@@ -15,19 +15,20 @@ from tests.vector_fields.test_central_flow import VALLEY_SLOPE, valley
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "beta", "threshold"),
-    [("momentum", 0.9, 3.8), ("momentum", 0.5, 3.0), ("nesterov", 0.5, 1.5)],
+    ("optimizer", "beta", "threshold", "newton_steps"),
+    [("momentum", 0.9, 3.8, None), ("momentum", 0.5, 3.0, None), ("nesterov", 0.5, 1.5, 3)],
 )
-def test_momentum_valley_stationary_point_is_analytic(optimizer, beta, threshold):
+def test_momentum_valley_stationary_point_is_analytic(optimizer, beta, threshold, newton_steps):
     """L = −c x + ½(1 + x²) y²: at rest m = 0 and E[g] = 0, so σ² = c/x* as for GD, but the
     sharpness stops at the rule's own edge, ηS = 2(1 + β) (heavy ball) or
     2(1 + β)/(1 + 2β) (Nesterov): 1 + x*² = threshold/η. Nesterov's stability condition
-    is quadratic in X: two Newton steps leave 2e-6 of x*, three reach rounding."""
+    is quadratic in X: two Newton steps leave 2e-6 of x*, three reach rounding; heavy
+    ball's is affine, and its default, one Newton step, is exact."""
     lr = 0.5
     run = flows.simulate(valley(), "central_flow", optimizer=optimizer, lr=lr, steps=400,
-                         beta=beta, num_eigenvalues=2, newton_steps=3)
-    x_star = np.sqrt(threshold / lr - 1)
+                         beta=beta, num_eigenvalues=2, newton_steps=newton_steps)
     assert run.status == "ok"
+    x_star = np.sqrt(threshold / lr - 1)
     np.testing.assert_allclose(run.params[-1], [x_star, 0.0], atol=1e-9)
     np.testing.assert_allclose(run.extras["effective_eigenvalues"][-1, 0], threshold, rtol=1e-9)
     np.testing.assert_allclose(run.extras["sigma_eigenvalues"][-1, 0], VALLEY_SLOPE / x_star,
