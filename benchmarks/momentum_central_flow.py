@@ -76,6 +76,10 @@ CASES = {
     "digits, heavy ball": (digits_mlp, "momentum", 0.16, {"beta": 0.9}, 2000),
     "digits, Adam": (digits_mlp, "adam", 0.004, ADAM, 2300),
     "digits 300×64, heavy ball": (wide_digits_mlp, "momentum", 0.1, {"beta": 0.9}, 3000),
+    "digits 300×64, heavy ball, η = 0.09": (
+        wide_digits_mlp, "momentum", 0.09, {"beta": 0.9}, 5000),
+    "digits 200×64, heavy ball, η = 0.12": (
+        lambda: digits_mlp(n=200, width=64), "momentum", 0.12, {"beta": 0.9}, 5000),
 }
 # Heavy ball on the reference MLP at η = 0.1 (GD's reference rate) as β grows (`--beta-scan`).
 BETA_SCAN = {
