@@ -701,6 +701,8 @@ class CentralFlow(VectorField):
         step several times (shape inference, then the loop) and the edge system is most
         of a step's trace.
         """
+        # A Python number would be a static argument of the jit: one compilation per value.
+        t = t if isinstance(t, jax.Array) else jnp.asarray(t)
         return _evaluate_traced_once(self, t, w, state, geometry, curvature, third)
 
     def _evaluate_body(self, t, w, state, geometry: _Geometry, curvature=None, third=None):
