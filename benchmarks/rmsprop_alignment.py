@@ -69,10 +69,11 @@ class _Aligned(eqx.Module):
         dnu = self.rate * (self._second_moment(grad_sq) - state)
         return self._p_inv(state, t + 1 - self.lag), dnu
 
-    def initial_flow_state(self, f, w):
-        # ν_{−lag}: the recursion from ν_{−1} with the forcing g₀ ⊙ g₀ frozen.
+    def initial_flow_state(self, f, w, state):
+        # ν_{k−lag}: the recursion from ν_{k−1} (`init` at the start) with the forcing
+        # g_k ⊙ g_k frozen.
         forcing = self._second_moment(gradient(f)(w) ** 2)
-        return forcing + (self.init(f, w) - forcing) * self.beta2 ** (1 - self.lag)
+        return forcing + (state - forcing) * self.beta2 ** (1 - self.lag)
 
 
 class AlignedScalarRMSProp(_Aligned, ScalarRMSProp):

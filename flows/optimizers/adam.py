@@ -61,8 +61,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
-from .base import UpdateRule
-from .rmsprop import bias_correction, half_step, inverse_root
+from .base import UpdateRule, half_step
+from .rmsprop import bias_correction, inverse_root
 
 __all__ = ["Adam", "AdamW"]
 
@@ -143,11 +143,11 @@ class Adam(UpdateRule):
     def step_p_inv(self, step, state, f, w, g):
         return self._p_inv(state[1], step + 1)
 
-    def initial_flow_state(self, f, w, state=None):
+    def initial_flow_state(self, f, w, state):
         """μ(k) = μ_{k−½} = g_k + β₁^{½} (μ_{k−1} − g_k), ν(k) = ν_{k−½} likewise with
         g_k ⊙ g_k; μ_{−1} = ν_{−1} = 0 at the start."""
         g = jnp.real(gradient(f)(w))
-        mu, nu = self.init(f, w) if state is None else state
+        mu, nu = state
         return half_step(g, mu, self.beta1), half_step(g * g, nu, self.beta2)
 
     def state_diagnostics(self, state):

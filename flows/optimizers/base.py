@@ -44,10 +44,17 @@ from jaxtyping import Array, Float, Int, Scalar
 
 from ..linalg.hvp import gradient
 
-__all__ = ["UpdateRule", "Loss", "State"]
+__all__ = ["UpdateRule", "Loss", "State", "half_step"]
 
 Loss = Callable[[Array], Scalar]
 State = Any
+
+
+def half_step(forcing, previous, beta):
+    """``x + β^{½} (s_{k−1} − x)``: s_{k−½}, the exact half step of the moving average
+    ``s_k = x + β (s_{k−1} − x)`` with its forcing x frozen, where a flow whose s(τ)
+    models s_{τ−½} starts (RMSProp's ν, Adam's μ and ν, heavy ball's m)."""
+    return forcing + jnp.sqrt(beta) * (previous - forcing)
 
 
 class UpdateRule(eqx.Module):
@@ -133,18 +140,16 @@ class UpdateRule(eqx.Module):
         """Raise ValueError if these hyperparameters have no continuous-time counterpart
         (called when a flow is built on the rule; nothing to check by default)."""
 
-    def initial_flow_state(
-        self, f: Loss, w: Float[Array, " n"], state: State = None
-    ) -> State:
+    def initial_flow_state(self, f: Loss, w: Float[Array, " n"], state: State) -> State:
         """The state a flow starts from at w: by default the discrete state of the step there.
 
         ``state`` is the discrete state before that step: s_{k−1} where a flow takes
-        over a run at step k (`flows.simulate`'s ``start_from``), ``init`` (s_{−1}) by
-        default. Step k uses s_k = update(s_{k−1}, g_k), so a flow whose s(τ) models s_τ
-        starts from s_k. Rules whose flow state is aligned differently (RMSProp: ν(τ)
-        models ν_{τ−½}) override this.
+        over a run at step k (`flows.simulate`'s ``start_from``), ``init`` (s_{−1}) at
+        the start (`flows.vector_fields.initial_optimizer_state` passes it). Step k uses
+        s_k = update(s_{k−1}, g_k), so a flow whose s(τ) models s_τ starts from s_k.
+        Rules whose flow state is aligned differently (RMSProp: ν(τ) models ν_{τ−½},
+        `half_step`) override this.
         """
-        state = self.init(f, w) if state is None else state
         return self.update(jnp.asarray(0), state, f, w, gradient(f)(w))[1]
 
     def p_inv(self, t: Scalar, state: State, f: Loss, w: Float[Array, " n"], g: Array):

@@ -58,8 +58,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
-from .base import UpdateRule
-from .rmsprop import half_step
+from .base import UpdateRule, half_step
 
 __all__ = ["Momentum", "Nesterov"]
 
@@ -118,11 +117,11 @@ class Momentum(UpdateRule):
     def velocity(self, t, state, f, w, g, grad_sq=None):
         return -self.lr * self._direction(state, g), self.derivative(t, state, f, w, g)[1]
 
-    def initial_flow_state(self, f, w, state=None):
+    def initial_flow_state(self, f, w, state):
         """m(k) = m_{k−½} = x_k + β^{½} (m_{k−1} − x_k), x_k = g_k/(1 − β): g₀/(1 + √β) at
         the start (m_{−1} = 0)."""
         forcing = jnp.real(gradient(f)(w)) / (1 - self.beta)
-        return half_step(forcing, self.init(f, w) if state is None else state, self.beta)
+        return half_step(forcing, state, self.beta)
 
     def state_diagnostics(self, state):
         """``{"momentum": m}``: m_k in a discrete run; m(k) ≈ m_{k−½} on a flow."""

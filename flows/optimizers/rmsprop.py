@@ -45,22 +45,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..linalg.hvp import gradient
-from .base import UpdateRule
+from .base import UpdateRule, half_step
 
-__all__ = ["RMSProp", "ScalarRMSProp", "bias_correction", "half_step", "inverse_root"]
+__all__ = ["RMSProp", "ScalarRMSProp", "bias_correction", "inverse_root"]
 
 
 def bias_correction(beta, count, like):
     """``1 − β^count`` in the dtype of ``like``: the count is an integer step (or a float
     step time), whose power would otherwise promote a float32 state to float64."""
     return (1 - beta ** jnp.asarray(count, jnp.result_type(like))).astype(jnp.result_type(like))
-
-
-def half_step(forcing, previous, beta):
-    """``x + β^{½} (s_{k−1} − x)``: s_{k−½}, the exact half step of the moving average
-    ``s_k = x + β (s_{k−1} − x)`` with its forcing x frozen, where a flow whose s(τ)
-    models s_{τ−½} starts (RMSProp's ν, Adam's μ and ν, heavy ball's m)."""
-    return forcing + jnp.sqrt(beta) * (previous - forcing)
 
 
 def inverse_root(lr, nu, eps):
@@ -128,11 +121,11 @@ class RMSProp(UpdateRule):
     def step_p_inv(self, step, state, f, w, g):
         return self._p_inv(state, step + 1)
 
-    def initial_flow_state(self, f, w, state=None):
+    def initial_flow_state(self, f, w, state):
         """ν(k) = ν_{k−½} = x_k + β₂^{½} (ν_{k−1} − x_k), x_k = g_k ⊙ g_k (‖g_k‖² for scalar);
         ν_{−1} = `init` at the start."""
         forcing = self._second_moment(jnp.real(gradient(f)(w)) ** 2)
-        return half_step(forcing, self.init(f, w) if state is None else state, self.beta2)
+        return half_step(forcing, state, self.beta2)
 
     def state_diagnostics(self, state):
         """``{"nu": ν}``: ν_k in a discrete run; ν(k) ≈ ν_{k−½} ≈ ½(ν_{k−1} + ν_k) on a flow."""

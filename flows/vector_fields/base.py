@@ -33,8 +33,8 @@ def initial_optimizer_state(rule: UpdateRule, problem: Problem, w=None, state=No
     the discrete state before that step (s_{k−1} where the flow takes over a run at
     step k; the rule's ``init`` by default).
     """
-    w = problem.w0 if w is None else w
-    return rule.initial_flow_state(problem.flat_loss, w, state)
+    f, w = problem.flat_loss, problem.w0 if w is None else w
+    return rule.initial_flow_state(f, w, rule.init(f, w) if state is None else state)
 
 
 class VectorField(eqx.Module):

@@ -58,7 +58,7 @@ class _NuK(eqx.Module):
         grad_sq = g * g if grad_sq is None else grad_sq
         return self._p_inv(state, t + 1), self.rate * (self._second_moment(grad_sq) - state)
 
-    def initial_flow_state(self, f, w, state=None):
+    def initial_flow_state(self, f, w, state):
         return UpdateRule.initial_flow_state(self, f, w, state)
 
 
