@@ -87,7 +87,6 @@ def test_a_learning_rate_the_dtype_cannot_hold_is_refused(quadratic):
     flows.simulate(quadratic[0], "gd", lr=1e-300, steps=2)  # float64 holds it
 
 
-
 def test_a_discrete_run_taken_over_goes_on_as_the_uninterrupted_run(quadratic):
     quadratic = quadratic[0]
     full = flows.simulate(quadratic, "rmsprop", lr=0.2, steps=30, beta2=0.9)
