@@ -364,6 +364,32 @@ def renamed(options: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
+def check_start_from(
+    methods: dict[str, Method], steps: int, save_every: int, label: str, source: str, step: int
+) -> None:
+    """That the flow ``label`` can take over the run ``source`` at ``step`` (`RunSpec`'s
+    ``start_from``); ValueError says why not."""
+    labels = list(methods)
+    if label not in labels or source not in labels:
+        raise ValueError(f"start_from: {label!r} → {source!r} names a method that is not one "
+                         f"of {labels}")
+    method, run = methods[label], methods[source]
+    if not method.is_flow:
+        raise ValueError(f"start_from: {label!r} is a discrete optimizer; only a flow takes "
+                         "over a run")
+    if run.is_flow:
+        raise ValueError(f"start_from: {label!r} can take over a discrete optimizer's run, "
+                         f"not the flow {source!r}")
+    if run.name != method.model:
+        raise ValueError(f"start_from: {label!r} models {method.model!r} and cannot take over "
+                         f"{source!r}, a {run.name!r} run")
+    check_positive_int(f"start_from's step ({label!r})", step, minimum=0)
+    if step >= steps or step % save_every:
+        raise ValueError(
+            f"start_from: {label!r} takes over at step {step}, which must be a saved step "
+            f"before the end (a multiple of save_every={save_every} below steps={steps})")
+
+
 class RunSpec(eqx.Module):
     """A run of one or more labelled methods on one problem (`flows.runs.run`).
 
@@ -380,6 +406,11 @@ class RunSpec(eqx.Module):
         references: per label, the label of the method whose distance ``‖w − w_ref‖`` is
             recorded at every saved step.
         save_params: keep the parameters (and parameter-sized states) in the files.
+        start_from: per label of a flow, ``(label of a discrete run, step k)``: the flow
+            takes over that run at step k (`flows.simulate`'s ``start_from``: the run's
+            w_k and optimizer state); up to step k its saved steps, loss and parameters
+            are the run's, its own diagnostics NaN (integers −1). k is a multiple of
+            ``save_every``, and a chunk boundary (the chunk around it is cut there).
     """
 
     methods: dict[str, Method]
@@ -391,6 +422,7 @@ class RunSpec(eqx.Module):
     divergence_factor: float = eqx.field(default=1e6, static=True)
     references: dict[str, str] = eqx.field(default_factory=dict, static=True)
     save_params: bool = eqx.field(default=True, static=True)
+    start_from: dict[str, tuple[str, int]] = eqx.field(default_factory=dict, static=True)
 
     def __check_init__(self):
         if not self.methods:
@@ -424,6 +456,8 @@ class RunSpec(eqx.Module):
                     f"references: {label!r} → {reference!r} names a method that is not one of "
                     f"{labels}"
                 )
+        for label, (source, step) in self.start_from.items():
+            check_start_from(self.methods, self.steps, self.save_every, label, source, step)
         for label in labels:
             tracking = self.tracking_of(label)
             if not tracking.is_plain:

@@ -57,6 +57,7 @@ from ..options import (
     Method,
     RunSpec,
     Tracking,
+    check_start_from,
     renamed,
 )
 from .schema import (
@@ -109,7 +110,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 
 #: Keys of a method table that are not options of the method itself.
-_METHOD_KEYS = ("method", "optimizer", "num_eigenvalues", "reference")
+_METHOD_KEYS = ("method", "optimizer", "num_eigenvalues", "reference", "start_from")
 #: Keys of a flow's table that make its `Integrator`.
 _INTEGRATOR_KEYS = ("solver", "rtol", "atol", "dt0", "max_steps")
 
@@ -202,6 +203,9 @@ def _method_dict(label: str, method: Method, spec: RunSpec) -> dict[str, Any]:
         entry["num_eigenvalues"] = method.tracking.num_eigenvalues
     if label in spec.references:
         entry["reference"] = spec.references[label]
+    if label in spec.start_from:
+        source, step = spec.start_from[label]
+        entry["start_from"] = {"method": source, "step": step}
     for key, value in method.options.items():
         entry[key] = _name_of(EIGENSOLVERS, value) if key == "eigensolver" else value
     return entry
@@ -305,12 +309,19 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     tracking = Tracking(num_eigenvalues=run["num_eigenvalues"], eigensolver=run["eigensolver"],
                         effective=run["effective"])
     methods = {t.label: t.method(tracking) for t in tables}
+    start_from = {t.label: t.start_from for t in tables if t.start_from is not None}
+    for label, (source, step) in start_from.items():
+        try:
+            check_start_from(methods, run["steps"], run["save_every"], label, source, step)
+        except ValueError as err:
+            message = one_line(err).removeprefix("start_from: ")
+            raise fail(where(f"methods.{label}", "start_from"), message) from None
     try:
         spec = RunSpec(
             methods=methods, lr=run["lr"], steps=run["steps"], save_every=run["save_every"],
             checkpoint_every=run["checkpoint_every"], tracking=tracking,
             divergence_factor=run["divergence_factor"], references=references,
-            save_params=run["save_params"],
+            save_params=run["save_params"], start_from=start_from,
         )
     except ValueError as err:  # checked above already; a safety net
         raise ConfigError(f"[run]: {one_line(err)}") from None
@@ -427,6 +438,7 @@ class _MethodTable:
     integrator: Integrator
     num_eigenvalues: int | None
     reference: str | None
+    start_from: tuple[str, int] | None = None
 
     def method(self, run_tracking: Tracking) -> Method:
         tracking = None
@@ -529,6 +541,9 @@ def _parse_methods(
         reference = body.pop("reference", None)
         if reference is not None and not isinstance(reference, str):
             raise fail(where(name, "reference"), f"expected a method label, got {fmt(reference)}")
+        start_from = body.pop("start_from", None)
+        if start_from is not None:
+            start_from = _parse_start_from(where(name, "start_from"), start_from, is_flow)
 
         fields = _option_fields(OPTIMIZERS[optimizer or default_optimizer(method)])
         if is_flow:
@@ -564,9 +579,21 @@ def _parse_methods(
         out.append(_MethodTable(
             label=label, name=method, optimizer=optimizer, options=options,
             integrator=Integrator(**integrator), num_eigenvalues=num_eigenvalues,
-            reference=reference,
+            reference=reference, start_from=start_from,
         ))
     return out
+
+
+def _parse_start_from(place: str, value: Any, is_flow: bool) -> tuple[str, int]:
+    """``start_from = { method = "<label of a discrete run>", step = k }``."""
+    if not is_flow:
+        raise fail(place, "only a flow takes over a run")
+    if not isinstance(value, Mapping) or set(value) != {"method", "step"}:
+        raise fail(place, f'expected a table {{ method = "<label>", step = <k> }}, '
+                   f"got {fmt(value)}")
+    if not isinstance(value["method"], str):
+        raise fail(place, f"method: expected a method label, got {fmt(value['method'])}")
+    return value["method"], positive_int(f"{place} step", value["step"], minimum=0)
 
 
 # -------------------------------------------------------------------- building
@@ -648,6 +675,7 @@ def check_methods(config: Config, problem) -> None:
     """Check every method of the run against the problem: its tracked eigenvalues fit
     the problem, and it builds and traces one step (at the first learning rate)."""
     from ..linalg.eigen import LOBPCG
+    from ..runs import check_take_over
 
     spec = config.run
     n = problem.num_params
@@ -662,6 +690,11 @@ def check_methods(config: Config, problem) -> None:
             raise ConfigError(f"{place}: LOBPCG needs 5 × {k} < {n} parameters; "
                               "use eigensolver = \"dense\"")
         _check_counts(label, method, n)
+        if label in spec.start_from:
+            try:
+                check_take_over(problem, spec, label)
+            except ConfigError as err:
+                raise ConfigError(f"[methods.{label}] {err}") from None
         try:
             _trace_once(problem, method.build(problem, spec.lrs[0]))
         except Exception as err:  # whatever the method rejects, at build or trace time

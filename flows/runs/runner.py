@@ -53,6 +53,7 @@ __all__ = [
     "ResourceError",
     "saved_bytes",
     "check_resources",
+    "check_take_over",
     "is_parameter_series",
     "simulate_checkpointed",
     "trajectory_of",
@@ -133,6 +134,22 @@ def _initial_carry(problem: Problem, method: Method, lr: jax.Array):
 
 
 @eqx.filter_jit
+def _take_over_carry(problem: Problem, method: Method, lr: jax.Array, source_carry, status_code):
+    """A flow's carry where it takes over a discrete run at the run's carry
+    ``(k, w_k, s_{k−1}, stopped_at)`` (batched over ``lr`` in a sweep); a member of the run
+    that stopped stays stopped, with its status."""
+
+    def one(lr_member, carry, status):
+        built = method.build(problem, lr_member, in_sweep=lr.ndim > 0)
+        step, w, state, stopped_at = carry
+        return step, built.initial_state(w, state, step), status, stopped_at
+
+    if lr.ndim == 0:
+        return one(lr, source_carry, status_code)
+    return jax.vmap(one)(lr, source_carry, status_code)
+
+
+@eqx.filter_jit
 def _advance(
     problem: Problem,
     method: Method,
@@ -185,10 +202,47 @@ class _Member:
         self.wall_time = 0.0
         self.compile_time = 0.0
         self.carry = _to_host(_initial_carry(problem, self.method, self.lr))
+        # (label of the discrete run it takes over, step): before that step, it waits.
+        self.start_from = spec.start_from.get(label)
+        self._shapes: dict[int, dict[str, Any]] = {}
 
     @property
     def active(self) -> bool:
         return bool(np.any(self.status_code == STATUS_OK))
+
+    def waits(self, step: int) -> bool:
+        return self.start_from is not None and step < self.start_from[1]
+
+    def take_over(self, source: _Member) -> None:
+        """Start from ``source``'s carry (at this member's take-over step)."""
+        carry = _take_over_carry(self.problem, self.method, self.lr, source.carry,
+                                 jnp.asarray(source.status_code))
+        self.carry = jax.tree_util.tree_map(
+            lambda new, old: np.asarray(new, dtype=old.dtype), _to_host(carry), self.carry
+        )
+        self.status_code, self.stopped_at = source.status_code.copy(), source.stopped_at.copy()
+
+    def wait_chunk(self, length: int, source: _Member, theirs: dict[str, np.ndarray]):
+        """The rows of a chunk up to the take-over: the run's steps, loss and parameters
+        (it is the run up to there), this member's own series NaN (integers −1; the row
+        of the take-over step is this chunk's, so its diagnostics start a step later)."""
+        if length not in self._shapes:  # traced once per chunk length, not compiled
+            self._shapes[length] = eqx.filter_eval_shape(
+                _advance, self.problem, self.method, self.lr, self.carry, length,
+                self.save_every, self.tracking, self.divergence_factor,
+            )["arrays"]
+        self.status_code, self.stopped_at = source.status_code.copy(), source.stopped_at.copy()
+        arrays = {}
+        for name, shape in self._shapes[length].items():
+            if name in ("steps", "loss", "params"):
+                arrays[name] = theirs[name]
+                continue
+            dims = tuple(shape.shape)
+            if self.sweep:  # as run_chunk returns them: rows first, then the rates
+                dims = (dims[1], dims[0], *dims[2:])
+            fill = np.nan if np.issubdtype(shape.dtype, np.inexact) else -1
+            arrays[name] = np.full(dims, fill if shape.dtype != bool else False, shape.dtype)
+        return arrays
 
     def carry_leaves(self) -> list[np.ndarray]:
         return jax.tree_util.tree_leaves(self.carry)
@@ -283,9 +337,12 @@ def _versions_text() -> str:
 
 
 def _bounds(spec: RunSpec) -> list[tuple[int, int]]:
-    """``(first step, length)`` of every chunk."""
-    chunk = spec.chunk_length()
-    return [(s, min(chunk, spec.steps - s)) for s in range(0, spec.steps, chunk)]
+    """``(first step, length)`` of every chunk: every ``chunk_length()`` steps, and cut
+    where a flow takes over a run (``start_from``)."""
+    cuts = {*range(0, spec.steps, spec.chunk_length()), spec.steps}
+    cuts.update(step for _, step in spec.start_from.values())
+    cuts = sorted(cuts)
+    return [(first, end - first) for first, end in zip(cuts[:-1], cuts[1:])]
 
 
 def _rows(spec: RunSpec, bounds: list[tuple[int, int]]) -> list[int]:
@@ -478,7 +535,7 @@ def _run(
     bounds = _bounds(spec)
     run_fingerprint = text_fingerprint(
         fingerprint, CHECKPOINT_FORMAT, spec.lr, steps, spec.save_every, spec.chunk_length(),
-        list(spec.methods),
+        list(spec.methods), sorted(spec.start_from.items()),
     )
     checkpoint = None
     from_results = False
@@ -498,6 +555,8 @@ def _run(
         run_dir.remove_temporary_files()
     if not from_results:
         check_resources(problem, spec, None if run_dir is None else run_dir.path)
+    for label in spec.start_from:
+        check_take_over(problem, spec, label)
     members = [_Member(problem, spec, label) for label in spec.methods]
 
     chunks_done = 0
@@ -518,7 +577,7 @@ def _run(
     try:
         for index in range(chunks_done, len(bounds)):
             first, length = bounds[index]
-            flat = _run_chunk(problem, spec, members, index, length)
+            flat = _run_chunk(problem, spec, members, index, first, length)
             if run_dir is None:
                 history.append(flat)
             else:
@@ -555,17 +614,51 @@ def _run(
     )
 
 
+def check_take_over(problem: Problem, spec: RunSpec, label: str) -> None:
+    """That the flow ``label`` takes over (``spec.start_from``) a run of its own update
+    rule, with the same hyperparameters; `ConfigError` names those that differ."""
+    source, _ = spec.start_from[label]
+    rule = spec.methods[label].build(problem, spec.lrs[0]).rule
+    theirs = spec.methods[source].build(problem, spec.lrs[0])
+    if type(rule) is not type(theirs):
+        differ = [f"the update rule ({type(rule).__name__}, {type(theirs).__name__})"]
+    else:
+        differ = [
+            f"{field.name} ({getattr(rule, field.name)!r}, {getattr(theirs, field.name)!r})"
+            for field in dataclasses.fields(rule)
+            if not bool(eqx.tree_equal(getattr(rule, field.name), getattr(theirs, field.name)))
+        ]
+    if differ:
+        raise ConfigError(
+            f"start_from: {label!r} and the run {source!r} it takes over differ in "
+            f"{', '.join(differ)}; give the flow the run's hyperparameters")
+
+
 def _run_chunk(
-    problem: Problem, spec: RunSpec, members: list[_Member], index: int, length: int
+    problem: Problem, spec: RunSpec, members: list[_Member], index: int, first: int,
+    length: int,
 ) -> dict[str, np.ndarray]:
     """Advance every active method one chunk; its saved rows, keyed ``"label/name"``."""
+    by_label = {member.label: member for member in members}
+    for member in members:  # the runs' carries are at step ``first`` still
+        if member.start_from is not None and member.start_from[1] == first:
+            member.take_over(by_label[member.start_from[0]])
     chunk_arrays: dict[str, dict[str, np.ndarray]] = {}
     for member in members:
-        if member.active:
-            arrays = member.run_chunk(length)
-            if index > 0:  # its first row repeats the previous chunk's last
-                arrays = {k: v[1:] for k, v in arrays.items()}
-            chunk_arrays[member.label] = arrays
+        if member.active and not member.waits(first):
+            chunk_arrays[member.label] = member.run_chunk(length)
+    for member in members:
+        if member.active and member.waits(first):
+            source = by_label[member.start_from[0]]
+            if source.label in chunk_arrays:
+                chunk_arrays[member.label] = member.wait_chunk(
+                    length, source, chunk_arrays[source.label])
+            else:  # the run stopped before this chunk: so does the flow that waits for it
+                member.status_code, member.stopped_at = source.status_code, source.stopped_at
+    if index > 0:  # every first row repeats the previous chunk's last
+        chunk_arrays = {
+            label: {k: v[1:] for k, v in arrays.items()} for label, arrays in chunk_arrays.items()
+        }
     for label, reference in spec.references.items():
         mine = chunk_arrays.get(label)
         if mine is None:

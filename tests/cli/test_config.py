@@ -163,6 +163,23 @@ def test_fingerprint_tracks_what_matters():
         (("methods", "gradient_flow", "rtol"), -1.0, r"rtol: expected a positive number"),
         (("methods", "gradient_flow", "optimizer"), "lion", r"optimizer: unknown value 'lion'"),
         (("methods", "gd", "reference"), "nobody", r"\[methods.gd\] reference: 'nobody'"),
+        (("methods", "gd", "start_from"), {"method": "rms", "step": 2},
+         r"\[methods.gd\] start_from: only a flow takes over a run"),
+        (("methods", "rms_flow", "start_from"), "rms",
+         r"\[methods.rms_flow\] start_from: expected a table \{ method"),
+        (("methods", "rms_flow", "start_from"), {"method": "rms"}, r"expected a table"),
+        (("methods", "rms_flow", "start_from"), {"method": "rms", "step": -2},
+         r"\[methods.rms_flow\] start_from step: expected an integer ≥ 0"),
+        (("methods", "rms_flow", "start_from"), {"method": "nobody", "step": 2},
+         r"\[methods.rms_flow\] start_from: 'rms_flow' → 'nobody' names a method that is not"),
+        (("methods", "rms_flow", "start_from"), {"method": "gd", "step": 2},
+         r"'rms_flow' models 'rmsprop' and cannot take over 'gd', a 'gd' run"),
+        (("methods", "rms_flow", "start_from"), {"method": "gradient_flow", "step": 2},
+         r"a discrete optimizer's run, not the flow 'gradient_flow'"),
+        (("methods", "rms_flow", "start_from"), {"method": "rms", "step": 3},
+         r"takes over at step 3, which must be a saved step before the end"),
+        (("methods", "rms_flow", "start_from"), {"method": "rms", "step": 20},
+         r"a multiple of save_every=2 below steps=20"),
         (("methods",), {}, r"\[methods\]: no methods"),
         (("extra",), {}, r"unknown table \[extra\]"),
     ],
@@ -265,6 +282,20 @@ def test_eigenvalue_counts_are_checked_against_the_problem():
         check_methods(config, build_problem(config))
     with pytest.raises(ConfigError, match=r"\[run\] steps: .* more than"):
         parse_config(with_change(("run", "steps"), 10**10))
+
+
+def test_a_flow_takes_over_a_run_of_its_own_hyperparameters():
+    raw = with_change(("methods", "rms_flow", "start_from"), {"method": "rms", "step": 4})
+    config = parse_config(raw)
+    assert config.run.start_from == {"rms_flow": ("rms", 4)}
+    assert config.as_dict()["methods"]["rms_flow"]["start_from"] == {"method": "rms", "step": 4}
+    assert config.fingerprint() != parse_config(BASE).fingerprint()
+    check_methods(config, build_problem(config))
+    raw["methods"]["rms_flow"]["beta2"] = 0.99
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"\[methods.rms_flow\] start_from: 'rms_flow' and "
+                       r"the run 'rms' it takes over differ in beta2 \(0.99, 0.9\)"):
+        check_methods(config, build_problem(config))
 
 
 def test_builder_rejections_become_config_errors():
