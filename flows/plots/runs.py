@@ -45,7 +45,9 @@ def plot_loss(
     runs: Runs, path: str | os.PathLike, *, status: Mapping[str, str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Training loss against step, one line per method (log scale when all positive)."""
+    """Training loss against step, one line per method (log scale when all positive);
+    a central flow's predicted loss L + ½⟨Σ, H⟩ (its model of the run's loss averaged over
+    the oscillation) dashed, in the flow's colour."""
     figure, axes = _figure()
     colour = colours(runs)
     positive = True
@@ -54,7 +56,13 @@ def plot_loss(
         (line,) = axes.plot(steps, loss, label=_legend(label, status), lw=1.2,
                             color=colour[label])
         _mark_stop(axes, steps, loss, line)
-        finite = loss[np.isfinite(loss)]
+        series = [loss]
+        if "predicted_loss" in arrays:
+            predicted = np.real(np.asarray(arrays["predicted_loss"]))
+            axes.plot(steps, predicted, ls="--", lw=1.2, color=colour[label],
+                      label=f"{label}: predicted L + ½⟨Σ,H⟩")
+            series.append(predicted)
+        finite = np.concatenate([s[np.isfinite(s)] for s in series])
         positive &= bool(finite.size == 0 or np.all(finite > 0))
     if positive:
         axes.set_yscale("log")

@@ -11,7 +11,7 @@ from flows.plots import sweep as sweep_plots
 
 def _line_colours(figure):
     return {
-        line.get_label().split(" ")[0]: matplotlib.colors.to_hex(line.get_color())
+        line.get_label().split(" ")[0].rstrip(":"): matplotlib.colors.to_hex(line.get_color())
         for axes in figure.axes for line in axes.get_lines()
         if not line.get_label().startswith(("_", "2/η", "ηS"))
     }
@@ -35,10 +35,14 @@ def test_a_method_has_one_colour_in_every_run_figure(monkeypatch, tmp_path):
         "gd": {"steps": steps, "loss": np.ones(5), "eigenvalues": np.ones((5, 1))},
         "gradient_flow": {"steps": steps, "loss": np.ones(5), "eigenvalues": np.ones((5, 1)),
                           "distance": np.ones(5)},
-        "central_flow": {"steps": steps, "loss": np.ones(5), "distance": np.ones(5)},
+        "central_flow": {"steps": steps, "loss": np.ones(5), "distance": np.ones(5),
+                         "predicted_loss": np.full(5, 2.0)},
     }
     run_plots.plot_run(runs, 0.1, tmp_path, references={"gradient_flow": "gd"})
     assert len(figures) == 3
+    predicted = [line for line in figures[0].axes[0].get_lines()
+                 if line.get_label() == "central_flow: predicted L + ½⟨Σ,H⟩"]
+    assert len(predicted) == 1 and np.all(predicted[0].get_ydata() == 2.0)
     seen = {}
     for figure in figures:
         for label, colour in _line_colours(figure).items():
