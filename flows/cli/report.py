@@ -57,11 +57,18 @@ def header(config: Config, problem, out: Path) -> str:
     lr = config.run.lr
     lr_text = (
         f"η ∈ {{{', '.join(f'{v:g}' for v in lr)}}}" if config.run.is_sweep
-        else f"η = {lr:g} (2/η = {2 / lr:.4g})"
+        else f"η = {lr:g}"
     )
+    if not config.run.is_sweep and all(m.model == "gd" for m in config.run.methods.values()):
+        lr_text += f" (2/η = {2 / lr:.4g})"  # GD's edge; other optimizers have their own
+    labels = [
+        label if label not in config.run.start_from
+        else "{} (takes over {} at step {})".format(label, *config.run.start_from[label])
+        for label in config.labels
+    ]
     return (
         f"flows run: {problem.name} ({problem.num_params} parameters, {config.dtype}), "
-        f"{lr_text}, {config.run.steps} steps; methods: {', '.join(config.labels)} → {out}/"
+        f"{lr_text}, {config.run.steps} steps; methods: {', '.join(labels)} → {out}/"
     )
 
 
