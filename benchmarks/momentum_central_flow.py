@@ -15,7 +15,9 @@ points every 10 steps) against c; the discrete run's effective sharpness after t
 (midpoints, every 10 steps: mean, min and max over c); ‖w_disc − w‖ / ‖w_disc − w₀‖ of the
 central and stable flows (final, worst after the edge) and their ratio; the predicted loss
 ``L + ½⟨Σ, H⟩`` against the run's loss smoothed by a Gaussian of σ = 50 steps (median
-relative error after the edge, also with the prediction smoothed alike); run time.
+relative error after the edge, also with the prediction smoothed alike), and, for the
+flows that take over, the error of its mean after the edge against the run's mean loss
+(a run that holds its edge in bursts far apart is averaged over them only so); run time.
 
 Outputs (``--out``, default ``runs/momentum_central_flow/``): ``results.json``, ``table.md``
 and ``<case>.png`` (loss; effective sharpness against c; distances to the run).
@@ -74,6 +76,7 @@ ADAM = {"beta1": 0.9, "beta2": 0.999}
 CASES = {
     "reference, heavy ball": (reference_mlp, "momentum", 0.05, {"beta": 0.9}, 1000),
     "reference, Adam": (reference_mlp, "adam", 0.002, ADAM, 1000),
+    "reference, heavy ball, η = 0.08": (reference_mlp, "momentum", 0.08, {"beta": 0.9}, 2000),
     "digits, heavy ball": (digits_mlp, "momentum", 0.16, {"beta": 0.9}, 2000),
     "digits, Adam": (digits_mlp, "adam", 0.004, ADAM, 2300),
     "digits 300×64, heavy ball": (wide_digits_mlp, "momentum", 0.1, {"beta": 0.9}, 3000),
@@ -138,27 +141,15 @@ def run_case(name, make_problem, optimizer, lr, options, steps, out, take_over=0
     }
     rel = {}
     for key, run in (("float64", disc), ("float32", disc32)):
-        rel_cf, result[f"cf_vs_disc_{key}"] = distances(cf.params, run.params, edge)
-        rel_sf, result[f"stable_vs_disc_{key}"] = distances(stable.params, run.params, edge)
-        result[f"stable_over_cf_final_{key}"] = (
-            result[f"stable_vs_disc_{key}"]["final"] / result[f"cf_vs_disc_{key}"]["final"])
-        result[f"cf_closer_from_{key}"] = closer_from(rel_cf, rel_sf, edge)
-        rel[key] = (rel_cf, rel_sf)
+        rel[key] = compare(cf.params, stable.params, run.params, edge, key, result)
+        result[f"cf_closer_from_{key}"] = closer_from(*rel[key], edge)
     if take_over:
         result["taken_over"] = taken_over(problem, optimizer, common, take_over,
                                           {"float64": disc, "float32": disc32})
         rel["taken_over"] = result["taken_over"].pop("series")
 
+    result.update(loss_errors(extras["predicted_loss"], stable.loss, disc32.loss, edge))
     smooth_loss = np.asarray(gaussian_smooth(np.asarray(disc32.loss, np.float64), SIGMA))
-    window = np.arange(max(edge, 2 * SIGMA), steps + 1 - 2 * SIGMA)
-    prediction = extras["predicted_loss"]
-    smooth_prediction = np.asarray(gaussian_smooth(jnp.asarray(prediction), SIGMA))
-    result["predicted_loss_median_error"] = float(np.median(
-        np.abs(prediction - smooth_loss)[window] / smooth_loss[window]))
-    result["predicted_loss_both_smoothed_median_error"] = float(np.median(
-        np.abs(smooth_prediction - smooth_loss)[window] / smooth_loss[window]))
-    result["stable_loss_median_error"] = float(np.median(
-        np.abs(np.asarray(stable.loss) - smooth_loss)[window] / smooth_loss[window]))
     result["timing"] = {"cf_run_s": cf.wall_time, "cf_compile_s": cf.compile_time,
                         "disc_run_s": disc32.wall_time, "stable_run_s": stable.wall_time}
     plot(out / f"{name.replace(', ', '_').replace(' ', '_')}.png", name, threshold, disc32,
@@ -167,10 +158,51 @@ def run_case(name, make_problem, optimizer, lr, options, steps, out, take_over=0
     return result
 
 
+def compare(cf_params, stable_params, run_params, edge, key, out):
+    """Both flows' distances to one run (``out``: final and worst after the edge, their
+    ratio at the end); returns the two series."""
+    rel_cf, out[f"cf_vs_disc_{key}"] = distances(cf_params, run_params, edge)
+    rel_sf, out[f"stable_vs_disc_{key}"] = distances(stable_params, run_params, edge)
+    out[f"stable_over_cf_final_{key}"] = (
+        out[f"stable_vs_disc_{key}"]["final"] / out[f"cf_vs_disc_{key}"]["final"])
+    return rel_cf, rel_sf
+
+
+def loss_errors(prediction, stable_loss, run_loss, edge):
+    """Median relative errors, after the edge and away from the smoothing's ends, of the
+    central flow's predicted loss (as it is, and smoothed like the run's) and of the stable
+    flow's loss against the run's loss smoothed by a Gaussian of σ = SIGMA steps; and the
+    relative errors of their means over that window against the run's mean loss (a run
+    that holds its edge in bursts, catapults far apart, is averaged over them only so).
+    The series are aligned at their ends (a flow taken over at step K covers the run's
+    steps K…)."""
+    prediction = np.asarray(prediction, np.float64)
+    run_loss = np.asarray(run_loss, np.float64)
+    smooth_loss = np.asarray(gaussian_smooth(jnp.asarray(run_loss), SIGMA))
+    offset = len(run_loss) - len(prediction)
+    window = np.arange(max(edge, offset + 2 * SIGMA), len(run_loss) - 2 * SIGMA)
+    target = smooth_loss[window]
+
+    def median_error(series):
+        return float(np.median(np.abs(np.asarray(series)[window - offset] - target) / target))
+
+    def mean_error(series):
+        mean = np.mean(run_loss[window])
+        return float(abs(np.mean(np.asarray(series)[window - offset]) - mean) / mean)
+
+    return {"predicted_loss_median_error": median_error(prediction),
+            "predicted_loss_both_smoothed_median_error": median_error(
+                gaussian_smooth(jnp.asarray(prediction), SIGMA)),
+            "stable_loss_median_error": median_error(stable_loss),
+            "predicted_mean_loss_error": mean_error(prediction),
+            "stable_mean_loss_error": mean_error(stable_loss)}
+
+
 def taken_over(problem, optimizer, common, start, runs):
     """Both flows taking over each run at step ``start`` (`simulate`'s ``start_from``:
     w_k and the optimizer state as the rule aligns it, the step count going on), against
-    the rest of that run: distances on the whole run's scale ‖w_disc − w₀‖."""
+    the rest of that run: distances on the whole run's scale ‖w_disc − w₀‖, and (float32)
+    the predicted loss against the run's smoothed loss."""
     out, series = {"step": start}, None
     steps = common["steps"] - start
     for key, run in runs.items():
@@ -183,15 +215,14 @@ def taken_over(problem, optimizer, common, start, runs):
         sigma = np.asarray(taken["cf"].extras["sigma_trace"])
         edge = start + max(first_at_edge(sigma), 0)
         head = np.asarray(run.params[:start], np.float64)
-        rel = {}
-        for name, flow in taken.items():
-            padded = np.concatenate([head, np.asarray(flow.params)])
-            rel[name], out[f"{name}_vs_disc_{key}"] = distances(padded, run.params, edge)
+        padded = {name: np.concatenate([head, np.asarray(flow.params)])
+                  for name, flow in taken.items()}
+        rel = compare(padded["cf"], padded["stable"], run.params, edge, key, out)
         out[f"edge_{key}"] = edge
-        out[f"stable_over_cf_final_{key}"] = (
-            out[f"stable_vs_disc_{key}"]["final"] / out[f"cf_vs_disc_{key}"]["final"])
         if key == "float32":
-            series = (rel["cf"], rel["stable"], start)
+            series = (*rel, start, taken["cf"].extras["predicted_loss"], taken["stable"].loss)
+            out["loss"] = loss_errors(taken["cf"].extras["predicted_loss"],
+                                      taken["stable"].loss, run.loss, edge)
     out["series"] = series
     return out
 
@@ -205,6 +236,10 @@ def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, c
     ax.plot(steps, stable.loss, c="r", ls="--", label="stable flow")
     ax.plot(steps, cf.loss, c="k", label="central flow")
     ax.plot(steps, cf.extras["predicted_loss"], c="k", ls=":", label="prediction L + ½⟨Σ,H⟩")
+    if "taken_over" in rel:
+        start, predicted, stable_loss = rel["taken_over"][2:]
+        ax.plot(steps[start:], predicted, c="g", label=f"prediction, taken over at {start}")
+        ax.plot(steps[start:], stable_loss, c="g", ls="--", label="stable flow from there")
     ax.set_yscale("log")
     ax.set_title(f"{title}: loss")
     ax.legend(fontsize=8)
@@ -233,11 +268,23 @@ def plot(path, title, threshold, disc, stable, cf, edge, smooth_loss, disc_mu, c
     plt.close(fig)
 
 
+def loss_columns(errors, means=False) -> str:
+    text = (f"{errors['predicted_loss_median_error']:.1%} / "
+            f"{errors['predicted_loss_both_smoothed_median_error']:.1%}; "
+            f"{errors['stable_loss_median_error']:.1%}")
+    if means:
+        text += (f" | {errors['predicted_mean_loss_error']:.1%}; "
+                 f"{errors['stable_mean_loss_error']:.1%}")
+    return text
+
+
 def take_over_table(results) -> str:
     lines = [
         "| case | taken over at step | CF edge | CF vs run (float32): final / worst after "
-        "edge | stable flow final (float32) | stable ÷ CF (float32 / float64) |",
-        "|---|---|---|---|---|---|",
+        "edge | stable flow final (float32) | stable ÷ CF (float32 / float64) | pred. loss "
+        "median err (vs smoothed / both smoothed; stable flow's loss) | mean loss after the "
+        "edge, err (prediction; stable flow) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if "taken_over" not in r:
@@ -248,7 +295,9 @@ def take_over_table(results) -> str:
             f"{t['cf_vs_disc_float32']['final']:.2%} / "
             f"{t['cf_vs_disc_float32']['max_after_edge']:.2%} | "
             f"{t['stable_vs_disc_float32']['final']:.2%} | "
-            f"{t['stable_over_cf_final_float32']:.1f}× / {t['stable_over_cf_final_float64']:.1f}× |"
+            f"{t['stable_over_cf_final_float32']:.1f}× / "
+            f"{t['stable_over_cf_final_float64']:.1f}× | "
+            f"{loss_columns(t['loss'], means=True)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -274,9 +323,7 @@ def table(results) -> str:
             f" | {mean:.2f} [{low:.2f}, {high:.2f}] | {c32['final']:.2%} / "
             f"{c32['max_after_edge']:.2%} | {r['stable_vs_disc_float32']['final']:.2%} | "
             f"{r['stable_over_cf_final_float32']:.1f}× / {r['stable_over_cf_final_float64']:.1f}×"
-            f" | {r['predicted_loss_median_error']:.1%} / "
-            f"{r['predicted_loss_both_smoothed_median_error']:.1%}; "
-            f"{r['stable_loss_median_error']:.1%} | "
+            f" | {loss_columns(r)} | "
             f"{1e3 * t['cf_run_s'] / r['steps']:.1f} ({t['cf_compile_s']:.0f}) |"
         )
     return "\n".join(lines) + "\n"
@@ -294,6 +341,9 @@ def main():
         "--take-over", type=int, default=100, metavar="K",
         help="also start both flows from each run's state at step K (0: not)")
     args = parser.parse_args()
+    unknown = sorted(set(args.cases or ()) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; the cases are {sorted(CASES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     cases = {k: v for k, v in CASES.items() if not args.cases or k in args.cases}
     if args.beta_scan:
