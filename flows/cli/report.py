@@ -345,6 +345,14 @@ def _fmt_value(value, spec: str = ".4g") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _runs_gd(entry: Mapping[str, Any]) -> bool:
+    """Whether a summary's method runs or models GD."""
+    try:
+        return (entry.get("optimizer") or default_optimizer(entry.get("method", ""))) == "gd"
+    except ValueError:  # a method of another version of flows
+        return False
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary as a small table plus sentences for anything that went wrong."""
     lr = summary.get("lr")
@@ -364,7 +372,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                     f"{_fmt_value(e['distance_to_reference']):>10}"
                 )
     else:
-        lines[0] += f", η = {lr:g}, 2/η = {2 / lr:.4g}"
+        lines[0] += f", η = {lr:g}"
+        if methods and all(_runs_gd(e) for e in methods.values()):
+            lines[0] += f", 2/η = {2 / lr:.4g}"  # GD's edge; other optimizers have their own
         lines.append(f"{'method':<16} {'status':<28} {'loss':>10} {'sharpness':>10} "
                      f"{'distance':>10} {'wall s':>8}")
         for label, e in methods.items():

@@ -85,6 +85,7 @@ def test_run_writes_summary_and_plots(quadratic_run):
     for name in ("loss.png", "sharpness.png", "distance.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gradient_flow" in out and "ok" in out
+    assert "η = 0.1, 2/η = 20" in out and "(2/η = 20)" in err  # GD's edge, for GD's run
     # `flows show` reads it back and redraws the plots.
     (run / "loss.png").unlink()
     code, shown, _ = run_cli("show", run)
@@ -615,9 +616,11 @@ def test_effective_sharpness_against_each_threshold(tmp_path):
               "methods": {"gd": {}, "momentum": {"beta": 0.5},
                           "cf": {"method": "central_flow", "optimizer": "momentum",
                                  "beta": 0.5}}}
-    code, _, err = run_cli("run", write_config(tmp_path / "e.toml", config), "--out",
-                           tmp_path / "run")
+    code, out, err = run_cli("run", write_config(tmp_path / "e.toml", config), "--out",
+                             tmp_path / "run")
     assert code == 0, err
+    # heavy ball's edge is not GD's 2/η: neither the header nor the summary says 2/η
+    assert "η = 0.1" in out and "η = 0.1" in err and "2/η" not in out + err
     results = load_results(tmp_path / "run")
     for label in ("gd", "momentum", "cf"):
         np.testing.assert_allclose(results[f"{label}/eigenvalues"][:, 0], LR * EIGS[-1],
@@ -633,3 +636,24 @@ def test_effective_sharpness_against_each_threshold(tmp_path):
     assert code == 2
     assert_one_line_error(err)
     assert "effective" in err and "true or false" in err
+
+
+def test_a_flow_taking_over_a_run_from_a_config(tmp_path):
+    """``start_from`` in a flow's table: up to step 10 the flow is GD's run, from there
+    gradient flow from GD's w₁₀ (closed forms on the diagonal quadratic, w₀ = 1)."""
+    config = copy.deepcopy(QUADRATIC)
+    config["methods"]["gradient_flow"]["start_from"] = {"method": "gd", "step": 10}
+    code, out, err = run_cli("run", write_config(tmp_path / "t.toml", config), "--out",
+                             tmp_path / "run")
+    assert code == 0, err
+    assert "gradient_flow (takes over gd at step 10)" in err
+    results = load_results(tmp_path / "run")
+    steps = results["gradient_flow/steps"][:, None]
+    gd = (1 - LR * EIGS) ** steps
+    after = np.maximum(steps - 10, 0)
+    taken = (1 - LR * EIGS) ** np.minimum(steps, 10) * np.exp(-LR * EIGS * after)
+    np.testing.assert_allclose(results["gd/params"], gd, rtol=1e-10)
+    np.testing.assert_allclose(results["gradient_flow/params"], taken, rtol=1e-6, atol=1e-12)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["methods"]["gradient_flow"]["start_from"] == {
+        "method": "gd", "step": 10}
