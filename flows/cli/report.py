@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..methods import default_optimizer, make_rule
-from ..options import ConfigError
+from ..options import ConfigError, Method
 from ..results import RunDirectory, load_json, load_npz, save_json, save_npz, split_keys
 from ..trajectory import status_text
 from .config import Config
@@ -346,9 +346,9 @@ def _fmt_value(value, spec: str = ".4g") -> str:
 
 
 def _runs_gd(entry: Mapping[str, Any]) -> bool:
-    """Whether a summary's method runs or models GD."""
+    """Whether a summary's method runs or models GD (`Method.model`, as the header asks)."""
     try:
-        return (entry.get("optimizer") or default_optimizer(entry.get("method", ""))) == "gd"
+        return Method(entry.get("method", ""), optimizer=entry.get("optimizer")).model == "gd"
     except ValueError:  # a method of another version of flows
         return False
 
